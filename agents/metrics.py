@@ -1,0 +1,140 @@
+"""``/metrics``: a Prometheus collector that renders the live snapshot at scrape time.
+
+Nothing is recorded per event; every value is read from :class:`LiveSnapshot` when Prometheus scrapes.
+
+- Fair-wide series are unlabelled sums over the livestreams this worker owns (``sum()`` them across workers).
+  Counters end in ``_total``; money is in VND (``_vnd``).
+- Per-livestream series are gauges of stream-to-date values for the top K livestreams by GMV plus one
+  ``channel="other"`` series summing the rest, so label cardinality stays at K + 1 however many streams run.
+  They are gauges, not counters, because a stream can move between its own series and ``other``.
+- ``livestream_unique_viewers`` is the campaign HyperLogLog estimate, identical on every worker (use ``max()``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from stream.decode import DEAD_LETTER_REASONS
+from stream.settings import Settings
+from stream.snapshot import LiveSnapshot
+from stream.state import COUNTER_FIELDS, Counters, average_order_value
+
+FAIR_COUNTERS: dict[str, tuple[str, str]] = {
+    "views": ("livestream_views", "Viewer entries into livestreams"),
+    "leaves": ("livestream_leaves", "Viewer exits from livestreams"),
+    "comments": ("livestream_comments", "Comments"),
+    "likes": ("livestream_likes", "Likes (taps)"),
+    "shares": ("livestream_shares", "Shares"),
+    "add_to_carts": ("livestream_add_to_carts", "Add-to-cart actions"),
+    "orders_placed": ("livestream_orders_placed", "Orders placed"),
+    "orders_paid": ("livestream_orders_paid", "Paid orders"),
+    "orders_cancelled": ("livestream_orders_cancelled", "Cancelled orders"),
+    "orders_refunded": ("livestream_orders_refunded", "Refunded orders"),
+    "items_sold": ("livestream_items_sold", "Items in paid orders"),
+    "gmv_vnd": ("livestream_gmv_vnd", "Gross merchandise value of paid orders, VND"),
+}
+CHANNEL_GAUGES = ("views", "orders_paid", "gmv_vnd", "comments", "likes", "add_to_carts")
+
+
+class SnapshotCollector(Collector):
+    def __init__(self, live: LiveSnapshot, top_k: int) -> None:
+        self.live = live
+        self.top_k = top_k
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._fair()
+        yield from self._channels()
+        yield from self._pipeline()
+
+    def _fair(self) -> Iterator[Metric]:
+        live = self.live
+        totals = live.totals()
+        for name in COUNTER_FIELDS:
+            if name in FAIR_COUNTERS:
+                metric, doc = FAIR_COUNTERS[name]
+                yield CounterMetricFamily(metric, doc, value=getattr(totals, name))
+        yield GaugeMetricFamily(
+            "livestream_concurrent_viewers", "Viewers currently watching", value=live.concurrent_viewers()
+        )
+        yield GaugeMetricFamily("livestream_livestreams", "Livestreams with at least one event", value=len(live.channels))
+        creators = {c for s in live.channels.values() for c in s.creators}
+        yield GaugeMetricFamily("livestream_creators", "Distinct creators seen in events", value=len(creators))
+        unique = GaugeMetricFamily(
+            "livestream_unique_viewers", "Distinct viewers of the campaign (HyperLogLog)", labels=["campaign"]
+        )
+        for key, count in sorted(live.unique_viewers.items()):
+            if key.startswith("campaign:"):
+                unique.add_metric([key.removeprefix("campaign:")], count)
+        yield unique
+        yield GaugeMetricFamily(
+            "livestream_average_order_value_vnd", "GMV per paid order, VND", value=average_order_value(totals)
+        )
+
+    def _channels(self) -> Iterator[Metric]:
+        top, rest = self.live.top_channels(self.top_k)
+        families = {
+            name: GaugeMetricFamily(
+                f"livestream_channel_{name}",
+                f"Stream-to-date {name.replace('_', ' ')} of the top livestreams by GMV (others summed as 'other')",
+                labels=["channel"],
+            )
+            for name in CHANNEL_GAUGES
+        }
+        concurrent = GaugeMetricFamily(
+            "livestream_channel_concurrent_viewers", "Viewers currently watching, top livestreams", labels=["channel"]
+        )
+        for state in top:
+            for name, family in families.items():
+                family.add_metric([state.channel_id], getattr(state.totals, name))
+            concurrent.add_metric([state.channel_id], max(0, state.concurrent))
+        if rest:
+            other = Counters()
+            for state in rest:
+                other.merge(state.totals)
+            for name, family in families.items():
+                family.add_metric(["other"], getattr(other, name))
+            concurrent.add_metric(["other"], sum(max(0, s.concurrent) for s in rest))
+        yield from families.values()
+        yield concurrent
+
+    def _pipeline(self) -> Iterator[Metric]:
+        live = self.live
+        yield CounterMetricFamily(
+            "livestream_records_processed", "Kafka records taken by the fold agent", value=live.records_processed
+        )
+        yield CounterMetricFamily("livestream_events_processed", "Events applied to state", value=live.events_processed)
+        yield CounterMetricFamily(
+            "livestream_redelivered_records", "Records skipped as already applied", value=live.redelivered_records
+        )
+        yield CounterMetricFamily(
+            "livestream_late_events", "Events for closed windows (sent to the late topic)", value=live.late_events
+        )
+        yield CounterMetricFamily("livestream_windows_closed", "Final windows emitted", value=live.windows_closed)
+        dlq = CounterMetricFamily("livestream_dlq_records", "Records sent to the dead-letter topic", labels=["reason"])
+        for reason in DEAD_LETTER_REASONS:
+            dlq.add_metric([reason], live.dead_letters.get(reason, 0))
+        yield dlq
+        yield CounterMetricFamily("livestream_redis_errors", "Failed Redis mirror flushes", value=live.redis_errors)
+        yield CounterMetricFamily("livestream_redis_flushes", "Redis mirror flushes", value=live.redis_flushes)
+
+
+def build_registry(live: LiveSnapshot, settings: Settings) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(live, settings.top_k_channels))
+    return registry
+
+
+def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> CollectorRegistry:
+    registry = build_registry(live, settings)
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(registry), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    return registry

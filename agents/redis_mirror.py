@@ -1,0 +1,166 @@
+"""Mirrors the live snapshot into Redis, the serving layer, every ``redis_flush_interval_s``.
+
+Only absolute values are written (HSET of current totals, ZADD of GMV, PFADD of viewer ids, SADD of
+memberships), in one pipelined round trip per flush, so replays and retries can never double count in Redis.
+If Redis is unreachable the pending work is kept and retried on the next tick; processing never waits for Redis.
+
+Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
+
+- ``P campaigns`` set of campaigns; ``P campaign:<c>:channels`` / ``:creators`` sets; ``:gmv`` zset channel -> GMV;
+  ``:viewers`` HyperLogLog of the campaign's viewers;
+- ``P channel:<id>`` hash of stream-to-date counters and gauges; ``P channel:<id>:viewers`` HyperLogLog;
+- ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+
+from stream.settings import Settings
+from stream.snapshot import ClosedWindow, LiveSnapshot
+from stream.state import ChannelState, Counters
+
+log = logging.getLogger(__name__)
+WINDOW_TTL_S = 7 * 86_400
+PFADD_CHUNK = 5_000
+
+
+class RedisKeys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def campaigns(self) -> str:
+        return f"{self.prefix}campaigns"
+
+    def campaign(self, campaign: str, what: str) -> str:
+        return f"{self.prefix}campaign:{campaign}:{what}"
+
+    def channel(self, channel_id: str) -> str:
+        return f"{self.prefix}channel:{channel_id}"
+
+    def channel_viewers(self, channel_id: str) -> str:
+        return f"{self.prefix}channel:{channel_id}:viewers"
+
+    def window(self, channel_id: str, start_ms: int) -> str:
+        return f"{self.prefix}channel:{channel_id}:w1m:{start_ms}"
+
+
+def channel_hash(state: ChannelState, unique_viewers: int) -> dict[str, str | int]:
+    fields: dict[str, str | int] = dict(state.totals.as_dict())
+    fields.update(
+        channel_id=state.channel_id,
+        campaign=state.campaign,
+        creators=",".join(state.creators),
+        concurrent_viewers=max(0, state.concurrent),
+        peak_concurrent_viewers=state.peak_concurrent,
+        unique_viewers=unique_viewers,
+        first_ts_ms=state.first_ts_ms,
+        last_ts_ms=state.last_ts_ms,
+        late_events=state.late_events,
+        updated_at_ms=int(time.time() * 1000),
+    )
+    return fields
+
+
+def window_hash(counters: Counters, start_ms: int, size_ms: int, final: bool) -> dict[str, str | int]:
+    fields: dict[str, str | int] = dict(counters.as_dict())
+    fields.update(window_start_ms=start_ms, window_end_ms=start_ms + size_ms, final=int(final))
+    return fields
+
+
+class RedisMirror:
+    def __init__(self, settings: Settings, live: LiveSnapshot) -> None:
+        self.live = live
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.window_size_ms = settings.window_size_s * 1000
+        self.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self._failing = False
+
+    async def flush(self) -> None:
+        """Write everything pending; on failure give it back to the snapshot for the next tick."""
+        dirty, viewers, closed = self.live.take_dirty()
+        if not dirty and not viewers and not closed:
+            return
+        try:
+            await self._write(dirty, viewers, closed)
+        except Exception as exc:  # noqa: BLE001 - any Redis/network failure: keep the work, retry later
+            self.live.restore(dirty, viewers, closed)
+            self.live.redis_errors += 1
+            if not self._failing:
+                log.warning("Redis write failed, will retry every tick: %r", exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("Redis reachable again; caught up")
+        self._failing = False
+        self.live.redis_flushes += 1
+
+    async def _write(self, dirty: set[str], viewers: dict[str, list[str]], closed: list[ClosedWindow]) -> None:
+        keys, live = self.keys, self.live
+        pipe = self.client.pipeline(transaction=False)
+        campaigns: dict[str, list[str]] = {}
+        for channel_id, ids in viewers.items():
+            campaign = live.channels[channel_id].campaign if channel_id in live.channels else ""
+            for i in range(0, len(ids), PFADD_CHUNK):
+                chunk = ids[i : i + PFADD_CHUNK]
+                pipe.pfadd(keys.channel_viewers(channel_id), *chunk)
+                if campaign:
+                    pipe.pfadd(keys.campaign(campaign, "viewers"), *chunk)
+        counted: list[str] = []
+        for channel_id in dirty:
+            state = live.channels.get(channel_id)
+            if state is None:
+                continue
+            campaigns.setdefault(state.campaign, []).append(channel_id)
+            pipe.pfcount(keys.channel_viewers(channel_id))
+            counted.append(channel_id)
+        for campaign in campaigns:
+            pipe.pfcount(keys.campaign(campaign, "viewers"))
+        results = await pipe.execute()
+        counts = results[len(results) - len(counted) - len(campaigns) :]
+        for channel_id, count in zip(counted, counts[: len(counted)], strict=True):
+            live.unique_viewers[channel_id] = int(count)
+        for campaign, count in zip(campaigns, counts[len(counted) :], strict=True):
+            live.unique_viewers[f"campaign:{campaign}"] = int(count)
+
+        pipe = self.client.pipeline(transaction=False)
+        for campaign, channel_ids in campaigns.items():
+            pipe.sadd(keys.campaigns(), campaign)
+            pipe.sadd(keys.campaign(campaign, "channels"), *channel_ids)
+            creators = {c for cid in channel_ids for c in live.channels[cid].creators}
+            pipe.sadd(keys.campaign(campaign, "creators"), *creators)
+            pipe.zadd(keys.campaign(campaign, "gmv"), {cid: live.channels[cid].totals.gmv_vnd for cid in channel_ids})
+            for channel_id in channel_ids:
+                state = live.channels[channel_id]
+                pipe.hset(keys.channel(channel_id), mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
+                for start_ms, counters in state.windows.items():
+                    key = keys.window(channel_id, start_ms)
+                    pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
+                    pipe.expire(key, WINDOW_TTL_S)
+        for window in closed:
+            key = keys.window(window.channel_id, window.start_ms)
+            pipe.hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
+            pipe.expire(key, WINDOW_TTL_S)
+        await pipe.execute()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> RedisMirror:
+    mirror = RedisMirror(settings, live)
+
+    @app.timer(settings.redis_flush_interval_s, name="redis-mirror")
+    async def mirror_to_redis() -> None:
+        await mirror.flush()
+
+    @app.on_before_shutdown.connect
+    def final_flush(sender: Any, **_: Any) -> None:  # best effort; the next owner re-mirrors anyway
+        log.info("worker stopping; last Redis flush happens on the next owner if this one misses it")
+
+    return mirror

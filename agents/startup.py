@@ -1,0 +1,69 @@
+"""Kafka preparation before a worker joins its group: topics exist, and the group has a committed offset everywhere.
+
+Why the offsets: when a faust app has tables, records fetched while the table is still recovering are discarded,
+and afterwards faust seeks to the *committed* offsets. For a partition with no committed offset yet there is
+nothing to seek to, so those records would be skipped silently (seen with faust-streaming 0.15.3 on a fresh
+group). Committing the partition's beginning offset first makes the post-recovery seek land where it must.
+Only partitions without any committed offset are touched, so restarts and extra workers change nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        wanted = [
+            NewTopic(settings.events_topic, settings.partitions, 1),
+            NewTopic(settings.stats_1m_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(settings.dlq_topic, 1, 1),
+            NewTopic(settings.late_topic, 1, 1),
+        ]
+        existing = set(await admin.list_topics())
+        missing = [topic for topic in wanted if topic.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
+    """Commit the beginning offset for every events partition the group has never committed; returns those."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
+        consumer.assign(tps)
+        uncommitted = [tp for tp in tps if await consumer.committed(tp) is None]
+        if not uncommitted:
+            return {}
+        beginnings = await consumer.beginning_offsets(uncommitted)
+        await consumer.commit({tp: beginnings[tp] for tp in uncommitted})
+        log.info("committed starting offsets for a new group: %s", beginnings)
+        return {tp.partition: offset for tp, offset in beginnings.items()}
+    finally:
+        await consumer.stop()
+
+
+async def prepare_kafka(settings: Settings) -> None:
+    await ensure_topics(settings)
+    try:
+        await commit_initial_offsets(settings)
+    except Exception as exc:  # noqa: BLE001 - the group is active: its members have committed already
+        log.info("initial offsets not committed (%r); the group is already running", exc)

@@ -1,0 +1,34 @@
+"""Builds a worker: the faust app with every agent, timer and web view registered, ready to run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import faust
+
+from agents import api, fold, metrics, redis_mirror
+from agents.startup import prepare_kafka
+from stream.app import create_app
+from stream.settings import Settings
+from stream.snapshot import LiveSnapshot
+
+
+def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
+    app = create_app(settings)
+    live = LiveSnapshot()
+    fold.register(app, settings, live)
+    redis_mirror.register(app, settings, live)
+    metrics.register(app, settings, live)
+    api.register(app, settings, live)
+    return app, live
+
+
+def run_worker(settings: Settings) -> None:
+    """Run a worker in the foreground until SIGINT/SIGTERM (faust stops gracefully, flushing and committing)."""
+    app, _ = build_worker(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(prepare_kafka(settings))
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    worker.execute_from_commandline()

@@ -1,0 +1,3 @@
+from livestream.cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""``livestream``: the command-line tool (services, worker, replay, demo, stats, schemas).
+
+Settings come from ``LIVESTREAM_*`` environment variables, overridden by the global flags below; they are built
+once here and passed down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from stream.settings import Settings
+
+app = typer.Typer(
+    help="Livestream commerce event stream processor: exact live counters for live-shopping fairs.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+services_app = typer.Typer(help="Local real services: Kafka (KRaft) and Redis.", no_args_is_help=True)
+app.add_typer(services_app, name="services")
+
+
+class _State:
+    overrides: dict[str, Any] = {}
+
+    @classmethod
+    def settings(cls, **more: Any) -> Settings:
+        return Settings(**{**cls.overrides, **more})
+
+
+@app.callback()
+def _global(
+    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap host:port [env LIVESTREAM_KAFKA_BOOTSTRAP]")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env LIVESTREAM_REDIS_URL]")] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="prefix of topics, consumer group, Redis keys [env LIVESTREAM_NAMESPACE]")
+    ] = None,
+    web_port: Annotated[int | None, typer.Option(help="worker HTTP port [env LIVESTREAM_WEB_PORT]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="worker state dir [env LIVESTREAM_DATA_DIR]")] = None,
+    partitions: Annotated[int | None, typer.Option(help="events topic partitions [env LIVESTREAM_PARTITIONS]")] = None,
+) -> None:
+    given = {
+        "kafka_bootstrap": kafka,
+        "redis_url": redis_url,
+        "namespace": namespace,
+        "web_port": web_port,
+        "data_dir": data_dir,
+        "partitions": partitions,
+    }
+    _State.overrides = {k: v for k, v in given.items() if v is not None}
+
+
+@services_app.command("up")
+def services_up() -> None:
+    """Start Kafka and Redis on 127.0.0.1 (fetching Kafka's jars on first use); no-op for those that answer."""
+    from livestream import services
+
+    services.up()
+
+
+@services_app.command("down")
+def services_down() -> None:
+    """Stop the local Kafka and Redis started by `services up`."""
+    from livestream import services
+
+    services.down()
+
+
+@services_app.command("status")
+def services_status() -> None:
+    """Say whether Kafka and Redis answer; exit 1 if one does not."""
+    from livestream import services
+
+    raise typer.Exit(0 if services.status() else 1)
+
+
+@app.command()
+def worker() -> None:
+    """Run a processing worker (faust) in the foreground: fold events, mirror to Redis, serve /metrics."""
+    from agents.worker import run_worker
+
+    sys.argv = [sys.argv[0], "worker"]  # faust parses argv; our flags are already applied
+    run_worker(_State.settings())
+
+
+@app.command()
+def replay(
+    scale: Annotated[float, typer.Option(help="scale every count of the fair by this factor (totals stay exact)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same events")] = 7,
+    speed: Annotated[float, typer.Option(help="0 = as fast as possible, N = N times real time")] = 0.0,
+    batch: Annotated[int, typer.Option(help="events per batch envelope record (1 = one event per record)")] = 500,
+) -> None:
+    """Replay the OCOP fair into the events topic; the last line is the oracle (expected totals) as JSON."""
+    from livestream.producer import ensure_topic, produce_replay, progress_printer
+    from stream.replay.generator import FairReplay
+    from stream.replay.profile import OCOP_FAIR, scaled
+
+    settings = _State.settings()
+    profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
+    fair = FairReplay(profile, seed)
+    minutes = (profile.end_ms - profile.start_ms) // 60_000
+
+    async def run() -> None:
+        await ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
+        result = await produce_replay(
+            fair, settings.kafka_bootstrap, settings.events_topic,
+            batch=batch, speed=speed, on_minute=progress_printer(minutes),
+        )
+        line = {
+            **result.oracle.summary(),
+            "events": result.events,
+            "records": result.records,
+            "produce_seconds": round(result.seconds, 3),
+        }
+        print(json.dumps(line))
+
+    asyncio.run(run())
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option(help="print one JSON line of totals and exit 0 only if they equal the oracle")] = False,
+    scale: Annotated[float, typer.Option(help="scale of the fair (1.0 = the real OCOP fair)")] = 1.0,
+    seed: Annotated[int, typer.Option(help="replay seed")] = 7,
+    batch: Annotated[int, typer.Option(help="events per batch envelope (1 = single events)")] = 500,
+    speed: Annotated[float, typer.Option(help="0 = as fast as possible, N = N times real time")] = 0.0,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the pipeline to catch up")] = 900.0,
+) -> None:
+    """Services up, a worker, the full fair replayed, then live counters read back from Redis and /metrics."""
+    from livestream.demo import run_demo
+
+    raise typer.Exit(run_demo(_State.overrides, once=once, scale=scale, seed=seed, batch=batch, speed=speed,
+                              timeout=timeout))
+
+
+@app.command()
+def stats(
+    campaign: Annotated[str | None, typer.Option(help="campaign (default: every campaign in Redis)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,
+) -> None:
+    """Print live counters per livestream and per campaign, read from Redis."""
+    import redis
+
+    from livestream import readback
+    from livestream.render import channel_table
+
+    settings = _State.settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    names = [campaign] if campaign else readback.campaigns(client, settings.redis_prefix)
+    out: dict[str, Any] = {}
+    for name in names:
+        channels = readback.read_channels(client, settings.redis_prefix, name)
+        totals = readback.read_campaign(client, settings.redis_prefix, name)
+        out[name] = {"totals": totals, "channels": channels}
+        if not as_json:
+            from rich.console import Console
+
+            Console().print(channel_table(name, channels, totals))
+    if as_json:
+        print(json.dumps(out))
+    elif not names:
+        print(f"no campaigns under namespace {settings.namespace!r} in {settings.redis_url}", file=sys.stderr)
+
+
+@app.command()
+def schemas(
+    check: Annotated[bool, typer.Option(help="exit 1 if schemas/json differs from the models instead of writing")] = False,
+) -> None:
+    """Generate the JSON Schema files in schemas/json/ from the models."""
+    from schemas.generate import write_json_schemas
+
+    stale = write_json_schemas(check=check)
+    for path in stale:
+        print(f"{'stale' if check else 'wrote'}: {path}")
+    raise typer.Exit(1 if check and stale else 0)
+
+
+def main() -> None:
+    app()

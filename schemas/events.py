@@ -1,0 +1,99 @@
+"""Input event models, schema version 1: the single source of truth for what producers send.
+
+Every event carries the common fields of :class:`EventBase`. ``type`` selects the model (a tagged union),
+``ts_ms`` is the event time in epoch milliseconds, UTC. Money is integer VND.
+
+A :class:`Batch` envelope is one Kafka record carrying many events of one livestream (``channel_id``); every
+event inside it must name the same ``channel_id``. Envelopes are the fast path: one Kafka record, one decode.
+
+JSON Schema for other languages is generated from these classes into ``schemas/json/`` (``livestream schemas``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
+"""Largest Kafka record value accepted; larger ones go to the dead-letter topic as ``oversized``."""
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+EpochMs = Annotated[int, msgspec.Meta(ge=0, description="event time, epoch milliseconds UTC")]
+Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+Vnd = Annotated[int, msgspec.Meta(ge=0, le=10_000_000_000, description="integer Vietnamese dong")]
+
+OrderStatus = Literal["placed", "paid", "cancelled", "refunded"]
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False):
+    """Fields common to every event."""
+
+    v: Literal[1] = 1
+    """Schema version. Unknown versions are rejected to the dead-letter topic."""
+    event_id: NonEmpty
+    """Unique per event; a client retry resends the same id."""
+    channel_id: NonEmpty
+    """The livestream. Kafka key of ``livestream.events``; all of a livestream's events share a partition."""
+    creator_id: NonEmpty
+    """The creator (host) who emitted the event's livestream; co-hosted streams name the host on air."""
+    campaign: NonEmpty
+    """The campaign (fair) the livestream belongs to."""
+    user_id: NonEmpty
+    """The viewer or buyer."""
+    ts_ms: EpochMs
+
+
+class View(EventBase, frozen=True, kw_only=True, tag="view"):
+    """A viewer enters a livestream: one view, one more concurrent viewer."""
+
+
+class Leave(EventBase, frozen=True, kw_only=True, tag="leave"):
+    """A viewer leaves a livestream: one fewer concurrent viewer."""
+
+
+class Comment(EventBase, frozen=True, kw_only=True, tag="comment"):
+    text: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+
+
+class Like(EventBase, frozen=True, kw_only=True, tag="like"):
+    """A burst of likes (taps) by one viewer; ``count`` taps."""
+
+    count: Count = 1
+
+
+class Share(EventBase, frozen=True, kw_only=True, tag="share"):
+    pass
+
+
+class AddToCart(EventBase, frozen=True, kw_only=True, tag="add_to_cart"):
+    product_id: NonEmpty
+    quantity: Count = 1
+
+
+class Order(EventBase, frozen=True, kw_only=True, tag="order"):
+    """An order's state. Counted as a paid order (and GMV) when ``status == "paid"``."""
+
+    order_id: NonEmpty
+    product_id: NonEmpty
+    quantity: Count
+    amount_vnd: Vnd
+    status: OrderStatus
+
+
+Event = View | Leave | Comment | Like | Share | AddToCart | Order
+EVENT_TYPES: Final = (View, Leave, Comment, Like, Share, AddToCart, Order)
+EVENT_TYPE_NAMES: Final = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
+
+
+class Batch(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="batch"):
+    """Batch envelope: many events of one livestream in one Kafka record, in event order."""
+
+    v: Literal[1] = 1
+    channel_id: NonEmpty
+    events: Annotated[list[Event], msgspec.Meta(min_length=1, max_length=100_000)]
+
+
+Record = Event | Batch
+"""What one Kafka record value of ``livestream.events`` holds: a single event or a batch envelope."""

@@ -1,0 +1,68 @@
+"""Settings: one frozen object built once at the entry point from flags and ``LIVESTREAM_*`` environment variables.
+
+Nothing else in the project reads the environment. Topic names and the Redis key prefix derive from
+``namespace`` so that several pipelines (e.g. tests) can share one broker and one Redis without seeing each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Every field is settable as ``LIVESTREAM_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVESTREAM_", frozen=True, extra="ignore")
+
+    # Where things are.
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis serving layer")
+    namespace: str = Field("livestream", description="prefix of topic names, the consumer group and Redis keys")
+    data_dir: Path = Field(Path(".cache/worker"), description="worker state (RocksDB tables) root")
+    web_port: int = Field(6066, description="worker HTTP port: /metrics, /api/*, the ops board")
+    web_host: str = "127.0.0.1"
+
+    # Topology.
+    partitions: int = Field(4, ge=1, description="partitions of the events topic (and of the state changelog)")
+
+    # Processing.
+    batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
+    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a processing batch")
+    redis_flush_interval_s: float = Field(0.25, gt=0, description="how often dirty state is mirrored to Redis")
+    window_size_s: int = Field(60, ge=1, description="tumbling window length")
+    window_grace_s: int = Field(10, ge=0, description="a window accepts events until watermark >= end + grace")
+    allowed_lateness_s: int = Field(0, ge=0, description="watermark = max event time seen - allowed lateness")
+    max_future_s: int = Field(3600, ge=0, description="events further ahead of wall clock are dead letters")
+    max_past_days: int = Field(3650, ge=0, description="events older than this are dead letters")
+
+    # Metrics.
+    top_k_channels: int = Field(20, ge=0, description="per-livestream Prometheus series for the top K by GMV")
+
+    log_level: str = "info"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.namespace}.events"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.namespace}.dlq"
+
+    @property
+    def late_topic(self) -> str:
+        return f"{self.namespace}.late"
+
+    @property
+    def stats_1m_topic(self) -> str:
+        return f"{self.namespace}.stats.1m"
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.namespace}-worker"
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"{self.namespace}:"
