@@ -48,10 +48,17 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
     events_topic = app.topic(settings.events_topic, partitions=settings.partitions, schema=raw_bytes())
     dlq_topic = app.topic(settings.dlq_topic, partitions=1, schema=raw_bytes())
     late_topic = app.topic(settings.late_topic, partitions=1, schema=raw_bytes())
-    stats_topic = app.topic(settings.stats_1m_topic, partitions=settings.partitions, compacting=True, schema=raw_bytes())
+    stats_topic = app.topic(
+        settings.stats_1m_topic, partitions=settings.partitions, compacting=True, schema=raw_bytes()
+    )
     table = app.Table(
-        "channel-state", default=None, partitions=settings.partitions, help="ChannelState per livestream",
-        key_type=bytes, value_type=bytes, schema=raw_bytes(),
+        "channel-state",
+        default=None,
+        partitions=settings.partitions,
+        help="ChannelState per livestream",
+        key_type=bytes,
+        value_type=bytes,
+        schema=raw_bytes(),
     )
     spec = WindowSpec(
         size_ms=settings.window_size_s * 1000,
@@ -61,15 +68,16 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
 
     @app.agent(events_topic, name="fold-events")
     async def fold_events(stream: faust.StreamT[bytes]) -> None:
-        states = PartitionedTable(table, stream)
-        async for batch in stream.take_events(settings.batch_max_records, settings.batch_within_s):
+        states = PartitionedTable(table)  # type: ignore[arg-type]
+        batches = stream.take_events(settings.batch_max_records, settings.batch_within_s)  # type: ignore[attr-defined]
+        async for batch in batches:
             await process_batch(batch, states, spec, settings, live, dlq_topic, late_topic, stats_topic)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
         live.drop_partitions({tp.partition for tp in revoked if tp.topic == settings.events_topic})
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resync_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
         live.resync_pending = True
 
@@ -80,7 +88,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
         Redis may have missed the last flush of the previous owner; records that are redelivered are skipped and
         would not mark their channel dirty, so the new owner re-mirrors everything it owns once.
         """
-        if not live.resync_pending or app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():
+        if not live.resync_pending or app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
             return
         live.resync_pending = False
         for _key, value in table.items():
@@ -110,7 +118,11 @@ async def process_batch(
             live.dead_letters[result.reason] += 1
             log.warning(
                 "dead letter %s at %s[%d]@%d: %s",
-                result.reason, message.topic, message.partition, message.offset, result.message,
+                result.reason,
+                message.topic,
+                message.partition,
+                message.offset,
+                result.message,
             )
             await send_dead_letter(dlq_topic, event, result)
             continue

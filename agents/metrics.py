@@ -62,7 +62,9 @@ class SnapshotCollector(Collector):
         yield GaugeMetricFamily(
             "livestream_concurrent_viewers", "Viewers currently watching", value=live.concurrent_viewers()
         )
-        yield GaugeMetricFamily("livestream_livestreams", "Livestreams with at least one event", value=len(live.channels))
+        yield GaugeMetricFamily(
+            "livestream_livestreams", "Livestreams with at least one event", value=len(live.channels)
+        )
         creators = {c for s in live.channels.values() for c in s.creators}
         yield GaugeMetricFamily("livestream_creators", "Distinct creators seen in events", value=len(creators))
         unique = GaugeMetricFamily(

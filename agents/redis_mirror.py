@@ -50,8 +50,8 @@ class RedisKeys:
         return f"{self.prefix}channel:{channel_id}:w1m:{start_ms}"
 
 
-def channel_hash(state: ChannelState, unique_viewers: int) -> dict[str, str | int]:
-    fields: dict[str, str | int] = dict(state.totals.as_dict())
+def channel_hash(state: ChannelState, unique_viewers: int) -> dict[Any, str | int]:
+    fields: dict[Any, str | int] = dict(state.totals.as_dict())
     fields.update(
         channel_id=state.channel_id,
         campaign=state.campaign,
@@ -67,8 +67,8 @@ def channel_hash(state: ChannelState, unique_viewers: int) -> dict[str, str | in
     return fields
 
 
-def window_hash(counters: Counters, start_ms: int, size_ms: int, final: bool) -> dict[str, str | int]:
-    fields: dict[str, str | int] = dict(counters.as_dict())
+def window_hash(counters: Counters, start_ms: int, size_ms: int, final: bool) -> dict[Any, str | int]:
+    fields: dict[Any, str | int] = dict(counters.as_dict())
     fields.update(window_start_ms=start_ms, window_end_ms=start_ms + size_ms, final=int(final))
     return fields
 
@@ -88,7 +88,7 @@ class RedisMirror:
             return
         try:
             await self._write(dirty, viewers, closed)
-        except Exception as exc:  # noqa: BLE001 - any Redis/network failure: keep the work, retry later
+        except Exception as exc:
             self.live.restore(dirty, viewers, closed)
             self.live.redis_errors += 1
             if not self._failing:
@@ -158,9 +158,5 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> RedisMir
     @app.timer(settings.redis_flush_interval_s, name="redis-mirror")
     async def mirror_to_redis() -> None:
         await mirror.flush()
-
-    @app.on_before_shutdown.connect
-    def final_flush(sender: Any, **_: Any) -> None:  # best effort; the next owner re-mirrors anyway
-        log.info("worker stopping; last Redis flush happens on the next owner if this one misses it")
 
     return mirror

@@ -9,6 +9,7 @@ Only partitions without any committed offset are touched, so restarts and extra 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -33,10 +34,8 @@ async def ensure_topics(settings: Settings) -> None:
         existing = set(await admin.list_topics())
         missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent worker created it
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
     finally:
         await admin.close()
 
@@ -65,5 +64,5 @@ async def prepare_kafka(settings: Settings) -> None:
     await ensure_topics(settings)
     try:
         await commit_initial_offsets(settings)
-    except Exception as exc:  # noqa: BLE001 - the group is active: its members have committed already
+    except Exception as exc:
         log.info("initial offsets not committed (%r); the group is already running", exc)

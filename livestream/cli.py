@@ -35,7 +35,9 @@ class _State:
 
 @app.callback()
 def _global(
-    kafka: Annotated[str | None, typer.Option(help="Kafka bootstrap host:port [env LIVESTREAM_KAFKA_BOOTSTRAP]")] = None,
+    kafka: Annotated[
+        str | None, typer.Option(help="Kafka bootstrap host:port [env LIVESTREAM_KAFKA_BOOTSTRAP]")
+    ] = None,
     redis_url: Annotated[str | None, typer.Option(help="Redis URL [env LIVESTREAM_REDIS_URL]")] = None,
     namespace: Annotated[
         str | None, typer.Option(help="prefix of topics, consumer group, Redis keys [env LIVESTREAM_NAMESPACE]")
@@ -90,13 +92,16 @@ def worker() -> None:
 
 @app.command()
 def replay(
-    scale: Annotated[float, typer.Option(help="scale every count of the fair by this factor (totals stay exact)")] = 1.0,
+    scale: Annotated[
+        float, typer.Option(help="scale every count of the fair by this factor (totals stay exact)")
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="random seed: same seed, same events")] = 7,
     speed: Annotated[float, typer.Option(help="0 = as fast as possible, N = N times real time")] = 0.0,
     batch: Annotated[int, typer.Option(help="events per batch envelope record (1 = one event per record)")] = 500,
 ) -> None:
     """Replay the OCOP fair into the events topic; the last line is the oracle (expected totals) as JSON."""
-    from livestream.producer import ensure_topic, produce_replay, progress_printer
+    from agents.startup import ensure_topics
+    from livestream.producer import produce_replay, progress_printer
     from stream.replay.generator import FairReplay
     from stream.replay.profile import OCOP_FAIR, scaled
 
@@ -106,10 +111,14 @@ def replay(
     minutes = (profile.end_ms - profile.start_ms) // 60_000
 
     async def run() -> None:
-        await ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions)
+        await ensure_topics(settings)
         result = await produce_replay(
-            fair, settings.kafka_bootstrap, settings.events_topic,
-            batch=batch, speed=speed, on_minute=progress_printer(minutes),
+            fair,
+            settings.kafka_bootstrap,
+            settings.events_topic,
+            batch=batch,
+            speed=speed,
+            on_minute=progress_printer(minutes),
         )
         line = {
             **result.oracle.summary(),
@@ -124,7 +133,9 @@ def replay(
 
 @app.command()
 def demo(
-    once: Annotated[bool, typer.Option(help="print one JSON line of totals and exit 0 only if they equal the oracle")] = False,
+    once: Annotated[
+        bool, typer.Option(help="print one JSON line of totals and exit 0 only if they equal the oracle")
+    ] = False,
     scale: Annotated[float, typer.Option(help="scale of the fair (1.0 = the real OCOP fair)")] = 1.0,
     seed: Annotated[int, typer.Option(help="replay seed")] = 7,
     batch: Annotated[int, typer.Option(help="events per batch envelope (1 = single events)")] = 500,
@@ -134,8 +145,9 @@ def demo(
     """Services up, a worker, the full fair replayed, then live counters read back from Redis and /metrics."""
     from livestream.demo import run_demo
 
-    raise typer.Exit(run_demo(_State.overrides, once=once, scale=scale, seed=seed, batch=batch, speed=speed,
-                              timeout=timeout))
+    raise typer.Exit(
+        run_demo(_State.overrides, once=once, scale=scale, seed=seed, batch=batch, speed=speed, timeout=timeout)
+    )
 
 
 @app.command()
@@ -169,7 +181,9 @@ def stats(
 
 @app.command()
 def schemas(
-    check: Annotated[bool, typer.Option(help="exit 1 if schemas/json differs from the models instead of writing")] = False,
+    check: Annotated[
+        bool, typer.Option(help="exit 1 if schemas/json differs from the models instead of writing")
+    ] = False,
 ) -> None:
     """Generate the JSON Schema files in schemas/json/ from the models."""
     from schemas.generate import write_json_schemas

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,9 +21,10 @@ from typing import Any
 
 import redis
 
+from agents.startup import ensure_topics
 from livestream import readback, services
 from livestream.lag import consumer_lag
-from livestream.producer import ensure_topic, produce_replay, progress_printer
+from livestream.producer import produce_replay, progress_printer
 from stream.replay.generator import FairReplay
 from stream.replay.profile import OCOP_FAIR, scaled
 from stream.settings import Settings
@@ -50,6 +52,11 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def wait_http(url: str, timeout: float, worker: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,13 +72,17 @@ def wait_http(url: str, timeout: float, worker: subprocess.Popen[bytes]) -> None
     raise TimeoutError(f"{url} did not answer in {timeout:.0f} s")
 
 
-def wait_caught_up(settings: Settings, campaign: str, expected: dict[str, int], timeout: float) -> dict[str, int]:
+def wait_caught_up(
+    settings: Settings, campaign: str, expected: dict[str, int], timeout: float, worker: subprocess.Popen[bytes]
+) -> dict[str, int]:
     """Poll Redis until the campaign summary equals ``expected``, or the group has no lag and totals are stable."""
     client = redis.Redis.from_url(settings.redis_url)
     deadline = time.monotonic() + timeout
     last: dict[str, int] = {}
     stable_since = time.monotonic()
     while True:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; see {settings.data_dir / 'worker.log'}")
         current = readback.summary(readback.read_campaign(client, settings.redis_prefix, campaign))
         if current == expected:
             return current
@@ -99,15 +110,24 @@ def read_metrics(port: int) -> dict[str, float]:
     return samples
 
 
-def run_demo(overrides: dict[str, Any], *, once: bool, scale: float, seed: int, batch: int, speed: float,
-             timeout: float) -> int:
+def run_demo(
+    overrides: dict[str, Any], *, once: bool, scale: float, seed: int, batch: int, speed: float, timeout: float
+) -> int:
     namespace = overrides.get("namespace") or f"demo{int(time.time())}"
-    settings = Settings(**{**overrides, "namespace": namespace,
-                           "data_dir": overrides.get("data_dir") or Path(".cache/demo") / namespace})
+    settings = Settings(
+        **{
+            **overrides,
+            "namespace": namespace,
+            "data_dir": overrides.get("data_dir") or Path(".cache/demo") / namespace,
+        }
+    )
     log("starting services")
     services.up()
     profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
-    asyncio.run(ensure_topic(settings.kafka_bootstrap, settings.events_topic, settings.partitions))
+    asyncio.run(ensure_topics(settings))
+    if port_in_use(settings.web_port):
+        log(f"port {settings.web_port} is in use: stop what runs there or pass --web-port")
+        return 2
     worker = start_worker(settings, settings.data_dir / "worker.log")
     try:
         wait_http(f"http://127.0.0.1:{settings.web_port}/api/totals", 120, worker)
@@ -116,19 +136,36 @@ def run_demo(overrides: dict[str, Any], *, once: bool, scale: float, seed: int, 
         fair = FairReplay(profile, seed)
         minutes = (profile.end_ms - profile.start_ms) // 60_000
         result = asyncio.run(
-            produce_replay(fair, settings.kafka_bootstrap, settings.events_topic, batch=batch, speed=speed,
-                           on_minute=progress_printer(minutes))
+            produce_replay(
+                fair,
+                settings.kafka_bootstrap,
+                settings.events_topic,
+                batch=batch,
+                speed=speed,
+                on_minute=progress_printer(minutes),
+            )
         )
         expected = result.oracle.summary()
-        log(f"produced {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s; "
-            "waiting for the pipeline to catch up")
-        totals = wait_caught_up(settings, profile.campaign, expected, timeout)
+        log(
+            f"produced {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s; "
+            "waiting for the pipeline to catch up"
+        )
+        totals = wait_caught_up(settings, profile.campaign, expected, timeout, worker)
         elapsed = time.monotonic() - started
         ok = totals == expected
         if once:
-            print(json.dumps({**totals, "replay_seconds": round(elapsed, 2), "events": result.events,
-                              "events_per_second": round(result.events / elapsed),
-                              "produce_seconds": round(result.seconds, 2), "exact": ok}))
+            print(
+                json.dumps(
+                    {
+                        **totals,
+                        "replay_seconds": round(elapsed, 2),
+                        "events": result.events,
+                        "events_per_second": round(result.events / elapsed),
+                        "produce_seconds": round(result.seconds, 2),
+                        "exact": ok,
+                    }
+                )
+            )
             if not ok:
                 log(f"MISMATCH: expected {expected}")
             return 0 if ok else 1
@@ -142,8 +179,9 @@ def run_demo(overrides: dict[str, Any], *, once: bool, scale: float, seed: int, 
             worker.kill()
 
 
-def _serve(settings: Settings, campaign: str, expected: dict[str, int], totals: dict[str, int], elapsed: float,
-           events: int) -> None:
+def _serve(
+    settings: Settings, campaign: str, expected: dict[str, int], totals: dict[str, int], elapsed: float, events: int
+) -> None:
     """Print the counters, then refresh them every 2 s until Ctrl-C."""
     from rich.console import Console
     from rich.live import Live

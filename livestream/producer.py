@@ -16,8 +16,6 @@ from dataclasses import dataclass
 
 import msgspec
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.events import Batch
 from stream.replay.generator import FairReplay
@@ -32,18 +30,6 @@ class ReplayResult:
     records: int
     events: int
     seconds: float
-
-
-async def ensure_topic(bootstrap: str, topic: str, partitions: int, configs: dict[str, str] | None = None) -> None:
-    """Create ``topic`` with ``partitions`` if it does not exist (before any producer auto-creates it)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs or {})])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        await admin.close()
 
 
 async def produce_replay(
@@ -111,8 +97,12 @@ def progress_printer(total_minutes: int) -> Callable[[int, int], None]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
-        TextColumn("replay"), BarColumn(), TextColumn("{task.completed}/{task.total} min"),
-        TextColumn("{task.fields[events]:,} events"), TimeElapsedColumn(), transient=True,
+        TextColumn("replay"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} min"),
+        TextColumn("{task.fields[events]:,} events"),
+        TimeElapsedColumn(),
+        transient=True,
     )
     task = progress.add_task("replay", total=total_minutes, events=0)
     progress.start()

@@ -9,19 +9,24 @@ import redis
 from agents.redis_mirror import RedisKeys
 from stream.state import COUNTER_FIELDS
 
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 SUMMARY_KEYS = ("views", "orders", "gmv_vnd", "livestreams", "creators")
 
 
 def read_channels(client: redis.Redis, prefix: str, campaign: str) -> dict[str, dict[str, Any]]:
     """Every livestream hash of a campaign, integers parsed."""
     keys = RedisKeys(prefix)
-    channel_ids = sorted(m.decode() for m in client.smembers(keys.campaign(campaign, "channels")))
+    channel_ids = sorted(_text(m) for m in client.smembers(keys.campaign(campaign, "channels")))
     pipe = client.pipeline(transaction=False)
     for channel_id in channel_ids:
         pipe.hgetall(keys.channel(channel_id))
     result: dict[str, dict[str, Any]] = {}
     for channel_id, raw in zip(channel_ids, pipe.execute(), strict=True):
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {_text(k): _text(v) for k, v in raw.items()}
         result[channel_id] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in fields.items()}
     return result
 
@@ -50,4 +55,4 @@ def summary(totals: dict[str, int]) -> dict[str, int]:
 
 
 def campaigns(client: redis.Redis, prefix: str) -> list[str]:
-    return sorted(m.decode() for m in client.smembers(RedisKeys(prefix).campaigns()))
+    return sorted(_text(m) for m in client.smembers(RedisKeys(prefix).campaigns()))

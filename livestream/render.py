@@ -14,9 +14,17 @@ def _n(value: Any) -> str:
 def channel_table(campaign: str, channels: dict[str, dict[str, Any]], totals: dict[str, int]) -> Table:
     table = Table(title=f"{campaign}: {totals['livestreams']} livestreams, {totals['creators']} creators")
     columns = [
-        ("livestream", "channel_id"), ("creators", "creators"), ("views", "views"), ("uniq", "unique_viewers"),
-        ("now", "concurrent_viewers"), ("peak", "peak_concurrent_viewers"), ("comments", "comments"),
-        ("likes", "likes"), ("carts", "add_to_carts"), ("orders", "orders_paid"), ("items", "items_sold"),
+        ("livestream", "channel_id"),
+        ("creators", "creators"),
+        ("views", "views"),
+        ("uniq", "unique_viewers"),
+        ("now", "concurrent_viewers"),
+        ("peak", "peak_concurrent_viewers"),
+        ("comments", "comments"),
+        ("likes", "likes"),
+        ("carts", "add_to_carts"),
+        ("orders", "orders_paid"),
+        ("items", "items_sold"),
         ("GMV VND", "gmv_vnd"),
     ]
     for header, _ in columns:
@@ -25,7 +33,12 @@ def channel_table(campaign: str, channels: dict[str, dict[str, Any]], totals: di
     for channel_id, fields in ranked:
         table.add_row(*[channel_id if key == "channel_id" else _n(fields.get(key, "")) for _, key in columns])
     table.add_section()
-    fair = {**totals, "channel_id": "FAIR", "creators": str(totals["creators"]),
-            "peak_concurrent_viewers": "", "concurrent_viewers": totals.get("concurrent_viewers", 0)}
+    fair = {
+        **totals,
+        "channel_id": "FAIR",
+        "creators": str(totals["creators"]),
+        "peak_concurrent_viewers": "",
+        "concurrent_viewers": totals.get("concurrent_viewers", 0),
+    }
     table.add_row(*[_n(fair.get(key, "")) if key != "channel_id" else "FAIR" for _, key in columns])
     return table

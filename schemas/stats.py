@@ -40,11 +40,12 @@ class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_closed(cls, window: ClosedWindow, emitted_at_ms: int) -> WindowStats:
-        return cls(
-            channel_id=window.channel_id,
-            campaign=window.campaign,
-            window_start_ms=window.start_ms,
-            window_end_ms=window.start_ms + window.size_ms,
-            emitted_at_ms=emitted_at_ms,
+        fields: dict[str, object] = {
             **window.counters.as_dict(),
-        )
+            "channel_id": window.channel_id,
+            "campaign": window.campaign,
+            "window_start_ms": window.start_ms,
+            "window_end_ms": window.start_ms + window.size_ms,
+            "emitted_at_ms": emitted_at_ms,
+        }
+        return msgspec.convert(fields, cls)
