@@ -136,24 +136,28 @@ async def process_batch(
         apply_record(state, result.events, message.partition, message.offset, spec, effects)
         touched[result.channel_id] = (state, event)
 
+    # First every state change, table write and live-snapshot update, with no await in between (so the Redis
+    # mirror never sees a channel's new state without its viewer ids); then the buffered sends.
+    finals: list[ClosedWindow] = []
     for channel_id, (state, source) in touched.items():
         closed = close_windows(state, watermark(state, spec), spec)
-        if channel_id in effects.touched or closed:
+        if channel_id in effects.touched or closed or channel_id not in live.channels:
             states.set(channel_id.encode(), encode_state(state), source)
             live.update(state)
-        for start_ms, counters in closed:
-            window = ClosedWindow(channel_id, state.campaign, start_ms, spec.size_ms, counters)
-            live.pending_closed.append(window)
-            await stats_topic.send(
-                key=f"{channel_id}|{start_ms}".encode(),
-                value=_stats_encoder.encode(WindowStats.from_closed(window, emitted_at_ms=int(time.time() * 1000))),
-            )
-        live.windows_closed += len(closed)
-
-    for late_event in effects.late:
-        await late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
+        finals.extend(ClosedWindow(channel_id, state.campaign, start, spec.size_ms, c) for start, c in closed)
     live.add_viewers(effects.viewers)
+    live.pending_closed.extend(finals)
+    live.windows_closed += len(finals)
     live.records_processed += len(batch)
     live.events_processed += effects.applied_events
     live.redelivered_records += effects.redelivered_records
     live.late_events += len(effects.late)
+
+    emitted_at_ms = int(time.time() * 1000)
+    for window in finals:
+        await stats_topic.send(
+            key=f"{window.channel_id}|{window.start_ms}".encode(),
+            value=_stats_encoder.encode(WindowStats.from_closed(window, emitted_at_ms=emitted_at_ms)),
+        )
+    for late_event in effects.late:
+        await late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))

@@ -102,46 +102,45 @@ class RedisMirror:
 
     async def _write(self, dirty: set[str], viewers: dict[str, list[str]], closed: list[ClosedWindow]) -> None:
         keys, live = self.keys, self.live
-        pipe = self.client.pipeline(transaction=False)
+        # The states as of now: the fold replaces (never mutates) a channel's state object after each batch, so
+        # these references stay consistent with the viewer ids taken with them while the writes below await.
+        states = {cid: live.channels[cid] for cid in dirty if cid in live.channels}
         campaigns: dict[str, list[str]] = {}
+        for channel_id, state in states.items():
+            campaigns.setdefault(state.campaign, []).append(channel_id)
+
+        pipe = self.client.pipeline(transaction=False)
         for channel_id, ids in viewers.items():
-            campaign = live.channels[channel_id].campaign if channel_id in live.channels else ""
+            owner = states.get(channel_id) or live.channels.get(channel_id)
+            campaign = owner.campaign if owner is not None else ""
             for i in range(0, len(ids), PFADD_CHUNK):
                 chunk = ids[i : i + PFADD_CHUNK]
                 pipe.pfadd(keys.channel_viewers(channel_id), *chunk)
                 if campaign:
                     pipe.pfadd(keys.campaign(campaign, "viewers"), *chunk)
-        counted: list[str] = []
-        for channel_id in dirty:
-            state = live.channels.get(channel_id)
-            if state is None:
-                continue
-            campaigns.setdefault(state.campaign, []).append(channel_id)
+        for channel_id in states:
             pipe.pfcount(keys.channel_viewers(channel_id))
-            counted.append(channel_id)
         for campaign in campaigns:
             pipe.pfcount(keys.campaign(campaign, "viewers"))
         results = await pipe.execute()
-        counts = results[len(results) - len(counted) - len(campaigns) :]
-        for channel_id, count in zip(counted, counts[: len(counted)], strict=True):
+        counts = results[len(results) - len(states) - len(campaigns) :]
+        for channel_id, count in zip(states, counts[: len(states)], strict=True):
             live.unique_viewers[channel_id] = int(count)
-        for campaign, count in zip(campaigns, counts[len(counted) :], strict=True):
+        for campaign, count in zip(campaigns, counts[len(states) :], strict=True):
             live.unique_viewers[f"campaign:{campaign}"] = int(count)
 
         pipe = self.client.pipeline(transaction=False)
         for campaign, channel_ids in campaigns.items():
             pipe.sadd(keys.campaigns(), campaign)
             pipe.sadd(keys.campaign(campaign, "channels"), *channel_ids)
-            creators = {c for cid in channel_ids for c in live.channels[cid].creators}
-            pipe.sadd(keys.campaign(campaign, "creators"), *creators)
-            pipe.zadd(keys.campaign(campaign, "gmv"), {cid: live.channels[cid].totals.gmv_vnd for cid in channel_ids})
-            for channel_id in channel_ids:
-                state = live.channels[channel_id]
-                pipe.hset(keys.channel(channel_id), mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
-                for start_ms, counters in state.windows.items():
-                    key = keys.window(channel_id, start_ms)
-                    pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
-                    pipe.expire(key, WINDOW_TTL_S)
+            pipe.sadd(keys.campaign(campaign, "creators"), *{c for cid in channel_ids for c in states[cid].creators})
+            pipe.zadd(keys.campaign(campaign, "gmv"), {cid: states[cid].totals.gmv_vnd for cid in channel_ids})
+        for channel_id, state in states.items():
+            pipe.hset(keys.channel(channel_id), mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
+            for start_ms, counters in state.windows.items():
+                key = keys.window(channel_id, start_ms)
+                pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
+                pipe.expire(key, WINDOW_TTL_S)
         for window in closed:
             key = keys.window(window.channel_id, window.start_ms)
             pipe.hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))

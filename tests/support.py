@@ -1,0 +1,265 @@
+"""Test harness for real-service tests: one pipeline namespace per test, real worker processes, read-backs.
+
+Everything here talks to the real local Kafka and Redis started by ``livestream services up``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import redis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from agents.startup import ensure_topics
+from livestream import readback
+from livestream.lag import consumer_lag
+from livestream.producer import ReplayResult, produce_replay
+from stream.replay.generator import FairReplay
+from stream.replay.profile import OCOP_FAIR, scaled
+from stream.settings import Settings
+from stream.state import ChannelState, decode_state
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class KafkaRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+
+
+@dataclass
+class Pipeline:
+    """A namespace (topics, group, Redis keys) plus the worker processes that serve it."""
+
+    root: Path
+    namespace: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    partitions: int = 4
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
+
+    def settings(self, **more: Any) -> Settings:
+        return Settings(
+            namespace=self.namespace,
+            partitions=self.partitions,
+            data_dir=self.root / "worker-0",
+            **more,
+        )
+
+    # Workers -------------------------------------------------------------------------------------------------
+    def start_worker(self, index: int = 0, wait: bool = True) -> subprocess.Popen[bytes]:
+        port = free_port()
+        data_dir = self.root / f"worker-{index}"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            LIVESTREAM_NAMESPACE=self.namespace,
+            LIVESTREAM_PARTITIONS=str(self.partitions),
+            LIVESTREAM_WEB_PORT=str(port),
+            LIVESTREAM_DATA_DIR=str(data_dir),
+            **self.extra_env,
+        )
+        log = (self.root / f"worker-{index}.log").open("ab")
+        proc = subprocess.Popen([sys.executable, "-m", "livestream", "worker"], env=env, stdout=log, stderr=log)
+        self.workers.append(proc)
+        self.ports.append(port)
+        if wait:
+            wait_until(lambda: self._answers(port, proc), 90, f"worker {index} on port {port}")
+        return proc
+
+    def _answers(self, port: int, proc: subprocess.Popen[bytes]) -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited with {proc.returncode}; log in {self.root}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/totals", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def stop_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def stop_all(self) -> None:
+        for proc in self.workers:
+            self.stop_worker(proc)
+
+    def worker_log(self, index: int = 0) -> str:
+        path = self.root / f"worker-{index}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def get_json(self, path: str, port: int | None = None) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port or self.ports[-1]}{path}", timeout=5) as response:
+            return msgspec.json.decode(response.read())
+
+    def metrics_text(self, port: int | None = None) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port or self.ports[-1]}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    # Kafka ---------------------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        asyncio.run(ensure_topics(self.settings()))
+
+    def replay(self, scale: float, seed: int = 7, batch: int = 1, **kwargs: Any) -> ReplayResult:
+        fair = FairReplay(scaled(OCOP_FAIR, scale), seed)
+        settings = self.settings()
+        asyncio.run(ensure_topics(settings))
+        return asyncio.run(produce_replay(fair, settings.kafka_bootstrap, settings.events_topic, batch=batch, **kwargs))
+
+    def produce_raw(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        settings = self.settings()
+
+        async def run() -> None:
+            await ensure_topics(settings)
+            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+            await producer.start()
+            try:
+                for key, value in records:
+                    await producer.send_and_wait(settings.events_topic, value, key=key)
+            finally:
+                await producer.stop()
+
+        asyncio.run(run())
+
+    def read_topic(self, topic: str, timeout: float = 10) -> list[KafkaRecord]:
+        """Every record of ``topic`` from the beginning to its current end."""
+        settings = self.settings()
+
+        async def run() -> list[KafkaRecord]:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=settings.kafka_bootstrap,
+                enable_auto_commit=False,
+                max_partition_fetch_bytes=16 * 1024 * 1024,
+            )
+            await consumer.start()
+            try:
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    await consumer._client.force_metadata_update()
+                    partitions = consumer.partitions_for_topic(topic) or set()
+                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+                if not tps:
+                    return []
+                consumer.assign(tps)
+                ends = await consumer.end_offsets(tps)
+                await consumer.seek_to_beginning(*tps)
+                out: list[KafkaRecord] = []
+                deadline = time.monotonic() + timeout
+
+                async def unread() -> bool:
+                    return any([await consumer.position(tp) < ends[tp] for tp in tps])
+
+                while await unread():
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"could not read {topic} to its end")
+                    batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                    for tp, messages in batch.items():
+                        for m in messages:
+                            if m.offset < ends[tp]:
+                                out.append(
+                                    KafkaRecord(
+                                        m.topic,
+                                        m.partition,
+                                        m.offset,
+                                        m.key,
+                                        m.value,
+                                        {k: bytes(v) for k, v in m.headers},
+                                    )
+                                )
+                return out
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(run())
+
+    def table_states(self) -> dict[str, ChannelState]:
+        """The channel-state table as its changelog holds it: the last value per key."""
+        records = self.read_topic(f"{self.settings().app_id}-channel-state-changelog")
+        latest: dict[str, ChannelState] = {}
+        for record in records:
+            if record.key is not None and record.value is not None:
+                latest[record.key.decode()] = decode_state(record.value)
+        return latest
+
+    def lag(self) -> int:
+        s = self.settings()
+        return asyncio.run(consumer_lag(s.kafka_bootstrap, s.app_id, s.events_topic))
+
+    # Redis ---------------------------------------------------------------------------------------------------
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings().redis_url)
+
+    def redis_campaign(self, campaign: str) -> dict[str, int]:
+        return readback.read_campaign(self.redis(), self.settings().redis_prefix, campaign)
+
+    def redis_channels(self, campaign: str) -> dict[str, dict[str, Any]]:
+        return readback.read_channels(self.redis(), self.settings().redis_prefix, campaign)
+
+    def wait_redis_summary(self, campaign: str, expected: dict[str, int], timeout: float = 180) -> None:
+        last: dict[str, Any] = {}
+
+        def matches() -> bool:
+            nonlocal last
+            for proc in self.workers[-1:]:
+                if proc.poll() is not None:
+                    raise AssertionError(f"worker exited with {proc.returncode}; log:\n{self.worker_log()[-3000:]}")
+            last = readback.summary(self.redis_campaign(campaign))
+            return last == expected
+
+        try:
+            wait_until(matches, timeout, f"Redis totals {expected}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last seen {last}") from None
+
+    def cleanup_redis(self) -> None:
+        client = self.redis()
+        keys = list(client.scan_iter(f"{self.settings().redis_prefix}*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value for every sample line of a Prometheus text exposition."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples

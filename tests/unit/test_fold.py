@@ -1,0 +1,172 @@
+"""The fold (stream.state) against the independent oracle, on generated fairs and on hand-made edge cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.events import Event, Leave, Like, Order, View
+from stream.replay.generator import FairReplay
+from stream.replay.oracle import COUNTER_FIELDS as ORACLE_FIELDS
+from stream.replay.oracle import Oracle
+from stream.replay.profile import OCOP_FAIR, scaled
+from stream.state import (
+    COUNTER_FIELDS,
+    ChannelState,
+    Counters,
+    FoldEffects,
+    WindowSpec,
+    apply_record,
+    average_order_value,
+    close_windows,
+    decode_state,
+    encode_state,
+    watermark,
+)
+
+SPEC = WindowSpec(size_ms=60_000, grace_ms=10_000)
+BASE = 1_687_572_000_000  # 2023-06-24 02:00 UTC = 09:00 UTC+7, a whole minute
+
+
+def fold_replay(replay: FairReplay, batch: int) -> tuple[dict[str, ChannelState], dict[tuple[str, int], Counters]]:
+    """Fold a replay the way the agent does: records of up to ``batch`` events, offsets per partition."""
+    states: dict[str, ChannelState] = {}
+    closed: dict[tuple[str, int], Counters] = {}
+    offsets: dict[str, int] = {}
+    for minute in replay.minutes():
+        for channel_id, events in minute.by_channel.items():
+            state = states.setdefault(channel_id, ChannelState(channel_id=channel_id))
+            for i in range(0, len(events), batch):
+                offset = offsets[channel_id] = offsets.get(channel_id, -1) + 1
+                assert apply_record(state, events[i : i + batch], 0, offset, SPEC, FoldEffects())
+            for start, counters in close_windows(state, watermark(state, SPEC), SPEC):
+                closed[(channel_id, start)] = counters
+            state = decode_state(encode_state(state))  # what the table stores is what comes back
+            states[channel_id] = state
+    for channel_id, state in states.items():  # end of stream: close everything (as the idle timeout would)
+        for start, counters in close_windows(state, state.max_ts_ms + 10 * SPEC.size_ms, SPEC):
+            closed[(channel_id, start)] = counters
+    return states, closed
+
+
+@pytest.mark.parametrize(("scale", "seed", "batch"), [(0.002, 1, 1), (0.01, 7, 50), (0.02, 3, 500)])
+def test_fold_equals_oracle(scale: float, seed: int, batch: int) -> None:
+    replay = FairReplay(scaled(OCOP_FAIR, scale), seed)
+    states, closed = fold_replay(replay, batch)
+    oracle = replay.oracle
+    assert ORACLE_FIELDS == COUNTER_FIELDS
+    assert set(states) == set(oracle.channels)
+    for channel_id, expected in oracle.channels.items():
+        state = states[channel_id]
+        assert state.totals.as_dict() == {f: getattr(expected, f) for f in COUNTER_FIELDS}, channel_id
+        assert state.peak_concurrent == expected.peak_concurrent
+        assert state.concurrent == expected.concurrent
+        assert set(state.creators) == set(expected.creators)
+        assert (state.first_ts_ms, state.last_ts_ms) == (expected.first_ts_ms, expected.last_ts_ms)
+        assert state.late_events == 0
+    assert set(closed) == set(oracle.windows)
+    for key, expected_window in oracle.windows.items():
+        assert closed[key].as_dict() == {f: getattr(expected_window, f) for f in COUNTER_FIELDS}, key
+    summary = oracle.summary()
+    assert sum(s.totals.views for s in states.values()) == summary["views"] == round(OCOP_FAIR.views * scale)
+    assert sum(s.totals.gmv_vnd for s in states.values()) == summary["gmv_vnd"]
+
+
+def _view(i: int, ts: int, channel: str = "c1") -> View:
+    return View(event_id=f"v{i}", channel_id=channel, creator_id="cr1", campaign="fair", user_id=f"u{i}", ts_ms=ts)
+
+
+def test_redelivered_record_is_skipped_and_counted() -> None:
+    state = ChannelState(channel_id="c1")
+    effects = FoldEffects()
+    assert apply_record(state, [_view(1, BASE)], partition=2, offset=10, spec=SPEC, effects=effects)
+    assert not apply_record(state, [_view(1, BASE)], partition=2, offset=10, spec=SPEC, effects=effects)
+    assert not apply_record(state, [_view(0, BASE)], partition=2, offset=9, spec=SPEC, effects=effects)
+    assert apply_record(state, [_view(2, BASE)], partition=2, offset=11, spec=SPEC, effects=effects)
+    assert state.totals.views == 2
+    assert state.redelivered_records == effects.redelivered_records == 2
+    assert effects.viewers == {"c1": ["u1", "u2"]}
+
+
+def test_windows_close_at_end_plus_grace_and_late_events_are_reported() -> None:
+    state = ChannelState(channel_id="c1")
+    effects = FoldEffects()
+    apply_record(state, [_view(1, BASE + 5_000)], 0, 0, SPEC, effects)
+    # watermark BASE+69_999 < end (BASE+60_000) + grace (10_000): still open
+    apply_record(state, [_view(2, BASE + 69_999)], 0, 1, SPEC, effects)
+    assert close_windows(state, watermark(state, SPEC), SPEC) == []
+    # an event inside grace still lands in the first window
+    apply_record(state, [_view(3, BASE + 59_999)], 0, 2, SPEC, effects)
+    apply_record(state, [_view(4, BASE + 70_000)], 0, 3, SPEC, effects)
+    closed = close_windows(state, watermark(state, SPEC), SPEC)
+    assert [(start, c.views) for start, c in closed] == [(BASE, 2)]
+    # beyond grace: late, counted stream-to-date, in no window
+    apply_record(state, [_view(5, BASE + 1_000)], 0, 4, SPEC, effects)
+    assert state.late_events == 1
+    assert [e.event_id for e in effects.late] == ["v5"]
+    assert state.totals.views == 5
+    assert BASE not in state.windows
+    assert sum(c.views for c in state.windows.values()) == 2  # the 09:01 window: v2 and v4
+
+
+def test_orders_count_by_status_and_money_is_integer() -> None:
+    def order(i: int, status: str, amount: int = 250_000) -> Order:
+        return Order(
+            event_id=f"o{i}{status}",
+            channel_id="c1",
+            creator_id="cr1",
+            campaign="fair",
+            user_id="u1",
+            ts_ms=BASE + i,
+            order_id=f"o{i}",
+            product_id="lychee",
+            quantity=2,
+            amount_vnd=amount,
+            status=status,  # type: ignore[arg-type]
+        )
+
+    state = ChannelState(channel_id="c1")
+    events: list[Event] = [
+        order(1, "placed"),
+        order(1, "paid"),
+        order(2, "placed"),
+        order(2, "cancelled"),
+        order(3, "placed"),
+        order(3, "paid", 333_333),
+        order(3, "refunded", 333_333),
+    ]
+    apply_record(state, events, 0, 0, SPEC, FoldEffects())
+    t = state.totals
+    assert (t.orders_placed, t.orders_paid, t.orders_cancelled, t.orders_refunded) == (3, 2, 1, 1)
+    assert t.gmv_vnd == 583_333 and isinstance(t.gmv_vnd, int)
+    assert t.items_sold == 4
+    assert average_order_value(t) == 291_666
+
+
+def test_concurrency_and_likes() -> None:
+    state = ChannelState(channel_id="c1")
+    leave = Leave(event_id="l1", channel_id="c1", creator_id="cr1", campaign="fair", user_id="u1", ts_ms=BASE + 3)
+    like = Like(
+        event_id="k1", channel_id="c1", creator_id="cr2", campaign="fair", user_id="u2", ts_ms=BASE + 4, count=7
+    )
+    apply_record(
+        state, [_view(1, BASE), _view(2, BASE + 1), leave, like, _view(3, BASE + 5)], 0, 0, SPEC, FoldEffects()
+    )
+    assert (state.concurrent, state.peak_concurrent) == (2, 2)
+    assert (state.totals.likes, state.totals.like_events) == (7, 1)
+    assert state.creators == ["cr1", "cr2"]
+
+
+def test_state_round_trips_through_bytes() -> None:
+    state = ChannelState(channel_id="c1")
+    apply_record(state, [_view(1, BASE), _view(2, BASE + 61_000)], 3, 42, SPEC, FoldEffects())
+    again = decode_state(encode_state(state))
+    assert again == state
+    assert again.windows.keys() == {BASE, BASE + 60_000}
+
+
+def test_oracle_from_events_matches_fold_of_same_events() -> None:
+    events = [_view(i, BASE + i * 1000) for i in range(100)]
+    oracle = Oracle.from_events(events)
+    state = ChannelState(channel_id="c1")
+    apply_record(state, events, 0, 0, SPEC, FoldEffects())
+    assert state.totals.views == oracle.channels["c1"].views == 100
