@@ -1,14 +1,25 @@
 """The processing agent: ``<namespace>.events`` -> per-livestream state (RocksDB table) and the live snapshot.
 
-Each batch of up to ``batch_max_records`` Kafka records is decoded at once, folded into the in-memory states of
-the livestreams it touches, and each touched state is written to the table *once* per batch. faust acknowledges
-the batch's records only after this body returns, and commits offsets only after the changelog is flushed, so a
-state never lags the committed offset; redelivered records are skipped by their offset (``stream.state``).
-Windows closed by the batch are published to ``<namespace>.stats.1m`` (compacted, key ``channel_id|window_start``).
+Per batch of up to ``batch_max_records`` Kafka records:
+
+1. decode every record (bad ones go to the dead-letter topic) and fold it into its livestream's state, read from
+   the table once per batch (redelivered records and repeated event ids are skipped by the core);
+2. close the windows the watermark has passed (or, on an idle tick, the idle watermark) and produce their final
+   records to the stats topics, to the stats partition of the livestream's events partition, and *wait until
+   Kafka has them*; windows found already emitted (a crash between emitting and saving) are not sent again;
+3. write each touched state to the table once, and update the live snapshot, with no ``await`` in between.
+
+faust acknowledges the batch's records only after this body returns and commits offsets only after flushing the
+producer (the changelog included), so a committed offset never runs ahead of the state it produced.
+
+Idle ticks: every ``idle_tick_s`` the worker appends a tick record (key ``__tick__``) to each events partition it
+owns. A tick runs the idle check for that partition's livestreams inside the ordinary ordered path, so closing
+the last windows of a finished stream needs no second writer of the table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -18,6 +29,7 @@ import msgspec
 from faust.types import EventT
 
 from agents.dlq import send_dead_letter
+from agents.emitted import EmittedIndex
 from agents.table_context import PartitionedTable
 from schemas.stats import WindowStats
 from stream.decode import DeadLetter, TimeBounds, decode_record
@@ -31,10 +43,11 @@ from stream.state import (
     close_windows,
     decode_state,
     encode_state,
-    watermark,
+    idle_watermark,
 )
 
 log = logging.getLogger(__name__)
+TICK_KEY = b"__tick__"
 _stats_encoder = msgspec.json.Encoder()
 
 
@@ -44,38 +57,157 @@ def raw_bytes() -> faust.Schema:
     return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
-    events_topic = app.topic(settings.events_topic, partitions=settings.partitions, schema=raw_bytes())
-    dlq_topic = app.topic(settings.dlq_topic, partitions=1, schema=raw_bytes())
-    late_topic = app.topic(settings.late_topic, partitions=1, schema=raw_bytes())
-    stats_topic = app.topic(
-        settings.stats_1m_topic, partitions=settings.partitions, compacting=True, schema=raw_bytes()
-    )
-    table = app.Table(
-        "channel-state",
-        default=None,
-        partitions=settings.partitions,
-        help="ChannelState per livestream",
-        key_type=bytes,
-        value_type=bytes,
-        schema=raw_bytes(),
-    )
-    spec = WindowSpec(
+def window_spec(settings: Settings) -> WindowSpec:
+    return WindowSpec(
         size_ms=settings.window_size_s * 1000,
         grace_ms=settings.window_grace_s * 1000,
         lateness_ms=settings.allowed_lateness_s * 1000,
+        hop_windows=settings.hop_windows,
+        dedup_horizon_ms=settings.dedup_horizon_s * 1000,
+        idle_timeout_ms=int(settings.idle_timeout_s * 1000),
     )
 
-    @app.agent(events_topic, name="fold-events")
+
+class Fold:
+    """The agent's collaborators: topics, the state table, the emitted-window index, the live snapshot."""
+
+    def __init__(self, app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
+        self.settings = settings
+        self.live = live
+        self.spec = window_spec(settings)
+        parts = settings.partitions
+        self.events_topic = app.topic(settings.events_topic, partitions=parts, schema=raw_bytes())
+        self.dlq_topic = app.topic(settings.dlq_topic, partitions=1, schema=raw_bytes())
+        self.late_topic = app.topic(settings.late_topic, partitions=1, schema=raw_bytes())
+        self.stats_topics = {
+            self.spec.size_ms: app.topic(settings.stats_1m_topic, partitions=parts, schema=raw_bytes()),
+            self.spec.size_ms * self.spec.hop_windows: app.topic(
+                settings.stats_hop_topic, partitions=parts, schema=raw_bytes()
+            ),
+        }
+        self.table = app.Table(
+            "channel-state",
+            default=None,
+            partitions=parts,
+            help="ChannelState per livestream",
+            key_type=bytes,
+            value_type=bytes,
+            schema=raw_bytes(),
+        )
+        self.states = PartitionedTable(self.table)  # type: ignore[arg-type]
+        self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
+
+    async def process_batch(self, batch: list[EventT]) -> None:
+        settings, live, spec = self.settings, self.live, self.spec
+        await self.emitted.load({event.message.partition for event in batch})
+        now_ms = int(time.time() * 1000)
+        bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
+        effects = FoldEffects()
+        touched: dict[str, tuple[ChannelState, EventT]] = {}
+        ticks: dict[int, EventT] = {}
+        for event in batch:
+            message = event.message
+            if message.key == TICK_KEY:
+                ticks[message.partition] = event
+                continue
+            result = decode_record(message.key, message.value, bounds)
+            if isinstance(result, DeadLetter):
+                live.dead_letters[result.reason] += 1
+                log.warning(
+                    "dead letter %s at %s[%d]@%d: %s",
+                    result.reason,
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    result.message,
+                )
+                await send_dead_letter(self.dlq_topic, event, result)
+                continue
+            state = self._state(result.channel_id, event, touched)
+            apply_record(state, result.events, message.partition, message.offset, spec, effects, now_ms)
+            touched[result.channel_id] = (state, event)
+        for partition, tick in ticks.items():
+            for channel_id, owned in list(live.channels.items()):
+                if owned.partition == partition and channel_id not in touched:
+                    touched[channel_id] = (self._state(channel_id, tick, touched), tick)
+
+        finals: list[tuple[ClosedWindow, int]] = []
+        for channel_id, (state, source) in touched.items():
+            for window in close_windows(state, idle_watermark(state, spec, now_ms), spec):
+                closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
+                finals.append((closed, source.message.partition))
+        await self._emit(finals, now_ms)
+
+        # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
+        # never see a channel's new state without its viewer ids).
+        closed_channels = {closed.channel_id for closed, _ in finals}
+        for channel_id, (state, source) in touched.items():
+            if channel_id in effects.touched or channel_id in closed_channels or channel_id not in live.channels:
+                self.states.set(channel_id.encode(), encode_state(state), source)
+                live.update(state)
+        live.add_viewers(effects.viewers)
+        live.pending_closed.extend(closed for closed, _ in finals)
+        live.windows_closed += len(finals)
+        live.records_processed += len(batch) - len(ticks)
+        live.events_processed += effects.applied_events
+        live.redelivered_records += effects.redelivered_records
+        live.duplicate_events += effects.duplicate_events
+        live.late_events += len(effects.late)
+        for late_event in effects.late:
+            await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
+
+    def _state(self, channel_id: str, source: EventT, touched: dict[str, tuple[ChannelState, EventT]]) -> ChannelState:
+        entry = touched.get(channel_id)
+        if entry is not None:
+            return entry[0]
+        stored = self.states.get(channel_id.encode(), source)
+        return decode_state(stored) if stored is not None else ChannelState(channel_id=channel_id)
+
+    async def _emit(self, finals: list[tuple[ClosedWindow, int]], now_ms: int) -> None:
+        """Produce final window records not emitted before, and wait until Kafka has acknowledged them all."""
+        pending = []
+        for closed, partition in finals:
+            if self.emitted.already_emitted(closed.channel_id, closed.size_ms, closed.start_ms):
+                self.live.duplicate_windows_suppressed += 1
+                continue
+            record = WindowStats.from_closed(closed, emitted_at_ms=now_ms)
+            pending.append(
+                await self.stats_topics[closed.size_ms].send(
+                    key=f"{closed.channel_id}|{closed.start_ms}".encode(),
+                    value=_stats_encoder.encode(record),
+                    partition=partition,
+                )
+            )
+            self.emitted.mark(closed.channel_id, closed.size_ms, closed.start_ms)
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def send_ticks(self, app: faust.App) -> None:
+        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == self.settings.events_topic}
+        value = msgspec.json.encode({"type": "tick", "wall_ms": int(time.time() * 1000)})
+        for partition in sorted(owned):
+            await self.events_topic.send(key=TICK_KEY, value=value, partition=partition)
+
+
+def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
+    fold = Fold(app, settings, live)
+
+    @app.agent(fold.events_topic, name="fold-events")
     async def fold_events(stream: faust.StreamT[bytes]) -> None:
-        states = PartitionedTable(table)  # type: ignore[arg-type]
         batches = stream.take_events(settings.batch_max_records, settings.batch_within_s)  # type: ignore[attr-defined]
         async for batch in batches:
-            await process_batch(batch, states, spec, settings, live, dlq_topic, late_topic, stats_topic)
+            await fold.process_batch(batch)
+
+    @app.timer(settings.idle_tick_s, name="idle-ticks")
+    async def idle_ticks() -> None:
+        if not app.rebalancing:
+            await fold.send_ticks(app)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        live.drop_partitions({tp.partition for tp in revoked if tp.topic == settings.events_topic})
+        partitions = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
+        live.drop_partitions(partitions)
+        fold.emitted.forget(partitions)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resync_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
@@ -88,76 +220,11 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
         Redis may have missed the last flush of the previous owner; records that are redelivered are skipped and
         would not mark their channel dirty, so the new owner re-mirrors everything it owns once.
         """
-        if not live.resync_pending or app.rebalancing or app.in_recovery or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+        recovered = app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
+        if not live.resync_pending or app.rebalancing or app.in_recovery or not recovered:
             return
         live.resync_pending = False
-        for _key, value in table.items():
+        for _key, value in fold.table.items():
             live.update(decode_state(value))
 
-
-async def process_batch(
-    batch: list[EventT],
-    states: PartitionedTable,
-    spec: WindowSpec,
-    settings: Settings,
-    live: LiveSnapshot,
-    dlq_topic: Any,
-    late_topic: Any,
-    stats_topic: Any,
-) -> None:
-    now_ms = int(time.time() * 1000)
-    bounds = TimeBounds(
-        min_ts_ms=now_ms - settings.max_past_days * 86_400_000, max_ts_ms=now_ms + settings.max_future_s * 1000
-    )
-    effects = FoldEffects()
-    touched: dict[str, tuple[ChannelState, EventT]] = {}
-    for event in batch:
-        message = event.message
-        result = decode_record(message.key, message.value, bounds)
-        if isinstance(result, DeadLetter):
-            live.dead_letters[result.reason] += 1
-            log.warning(
-                "dead letter %s at %s[%d]@%d: %s",
-                result.reason,
-                message.topic,
-                message.partition,
-                message.offset,
-                result.message,
-            )
-            await send_dead_letter(dlq_topic, event, result)
-            continue
-        entry = touched.get(result.channel_id)
-        if entry is None:
-            key = result.channel_id.encode()
-            stored = states.get(key, event)
-            state = decode_state(stored) if stored is not None else ChannelState(channel_id=result.channel_id)
-        else:
-            state = entry[0]
-        apply_record(state, result.events, message.partition, message.offset, spec, effects)
-        touched[result.channel_id] = (state, event)
-
-    # First every state change, table write and live-snapshot update, with no await in between (so the Redis
-    # mirror never sees a channel's new state without its viewer ids); then the buffered sends.
-    finals: list[ClosedWindow] = []
-    for channel_id, (state, source) in touched.items():
-        closed = close_windows(state, watermark(state, spec), spec)
-        if channel_id in effects.touched or closed or channel_id not in live.channels:
-            states.set(channel_id.encode(), encode_state(state), source)
-            live.update(state)
-        finals.extend(ClosedWindow(channel_id, state.campaign, start, spec.size_ms, c) for start, c in closed)
-    live.add_viewers(effects.viewers)
-    live.pending_closed.extend(finals)
-    live.windows_closed += len(finals)
-    live.records_processed += len(batch)
-    live.events_processed += effects.applied_events
-    live.redelivered_records += effects.redelivered_records
-    live.late_events += len(effects.late)
-
-    emitted_at_ms = int(time.time() * 1000)
-    for window in finals:
-        await stats_topic.send(
-            key=f"{window.channel_id}|{window.start_ms}".encode(),
-            value=_stats_encoder.encode(WindowStats.from_closed(window, emitted_at_ms=emitted_at_ms)),
-        )
-    for late_event in effects.late:
-        await late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
+    return fold

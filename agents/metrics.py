@@ -117,7 +117,15 @@ class SnapshotCollector(Collector):
         yield CounterMetricFamily(
             "livestream_late_events", "Events for closed windows (sent to the late topic)", value=live.late_events
         )
-        yield CounterMetricFamily("livestream_windows_closed", "Final windows emitted", value=live.windows_closed)
+        yield CounterMetricFamily(
+            "livestream_duplicate_events", "Events whose event_id was already applied", value=live.duplicate_events
+        )
+        yield CounterMetricFamily("livestream_windows_closed", "Final windows closed", value=live.windows_closed)
+        yield CounterMetricFamily(
+            "livestream_windows_suppressed",
+            "Final windows closed again after a restart and not re-emitted",
+            value=live.duplicate_windows_suppressed,
+        )
         dlq = CounterMetricFamily("livestream_dlq_records", "Records sent to the dead-letter topic", labels=["reason"])
         for reason in DEAD_LETTER_REASONS:
             dlq.add_metric([reason], live.dead_letters.get(reason, 0))

@@ -9,7 +9,8 @@ Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
 - ``P campaigns`` set of campaigns; ``P campaign:<c>:channels`` / ``:creators`` sets; ``:gmv`` zset channel -> GMV;
   ``:viewers`` HyperLogLog of the campaign's viewers;
 - ``P channel:<id>`` hash of stream-to-date counters and gauges; ``P channel:<id>:viewers`` HyperLogLog;
-- ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed).
+- ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed);
+  ``P channel:<id>:w5m:<start_ms>`` the final 5-minute hopping windows.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class RedisKeys:
     def channel_viewers(self, channel_id: str) -> str:
         return f"{self.prefix}channel:{channel_id}:viewers"
 
-    def window(self, channel_id: str, start_ms: int) -> str:
-        return f"{self.prefix}channel:{channel_id}:w1m:{start_ms}"
+    def window(self, channel_id: str, start_ms: int, size_ms: int = 60_000) -> str:
+        return f"{self.prefix}channel:{channel_id}:w{size_ms // 60_000}m:{start_ms}"
 
 
 def channel_hash(state: ChannelState, unique_viewers: int) -> dict[Any, str | int]:
@@ -142,7 +143,7 @@ class RedisMirror:
                 pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
                 pipe.expire(key, WINDOW_TTL_S)
         for window in closed:
-            key = keys.window(window.channel_id, window.start_ms)
+            key = keys.window(window.channel_id, window.start_ms, window.size_ms)
             pipe.hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
             pipe.expire(key, WINDOW_TTL_S)
         await pipe.execute()

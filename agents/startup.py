@@ -28,6 +28,7 @@ async def ensure_topics(settings: Settings) -> None:
         wanted = [
             NewTopic(settings.events_topic, settings.partitions, 1),
             NewTopic(settings.stats_1m_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(settings.stats_hop_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(settings.dlq_topic, 1, 1),
             NewTopic(settings.late_topic, 1, 1),
         ]

@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     window_size_s: int = Field(60, ge=1, description="tumbling window length")
     window_grace_s: int = Field(10, ge=0, description="a window accepts events until watermark >= end + grace")
     allowed_lateness_s: int = Field(0, ge=0, description="watermark = max event time seen - allowed lateness")
+    hop_windows: int = Field(5, ge=1, description="hopping window = this many tumbling windows, advancing by one")
+    dedup_horizon_s: int = Field(600, ge=0, description="a repeated event_id within this much event time counts once")
+    idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="after this long without records a stream's watermark "
+        "advances by wall clock, closing its last windows",
+    )
+    idle_tick_s: float = Field(5.0, gt=0, description="how often each owned partition gets an idle-check tick")
     max_future_s: int = Field(3600, ge=0, description="events further ahead of wall clock are dead letters")
     max_past_days: int = Field(3650, ge=0, description="events older than this are dead letters")
 
@@ -58,6 +67,10 @@ class Settings(BaseSettings):
     @property
     def stats_1m_topic(self) -> str:
         return f"{self.namespace}.stats.1m"
+
+    @property
+    def stats_hop_topic(self) -> str:
+        return f"{self.namespace}.stats.{self.window_size_s * self.hop_windows // 60}m"
 
     @property
     def app_id(self) -> str:

@@ -44,6 +44,8 @@ class LiveSnapshot:
     events_processed: int = 0
     redelivered_records: int = 0
     late_events: int = 0
+    duplicate_events: int = 0
+    duplicate_windows_suppressed: int = 0
     windows_closed: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     redis_errors: int = 0

@@ -73,17 +73,40 @@ class ChannelState(msgspec.Struct):
     """Open (not yet closed) tumbling windows by start ms."""
     closed_through_ms: int = -1
     """Every window with start <= this has been closed and emitted; events for them are late."""
+    recent_closed: dict[int, Counters] = msgspec.field(default_factory=dict)
+    """The last closed 1-minute windows (by start), from which 5-minute hopping windows are summed."""
+    recent_ids: dict[int, list[str]] = msgspec.field(default_factory=dict)
+    """Event ids applied within the dedup horizon, by event-time minute."""
     late_events: int = 0
+    duplicate_events: int = 0
     redelivered_records: int = 0
+    last_wall_ms: int = -1
+    """Wall-clock time when the last record was applied (drives the idle watermark)."""
 
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """Tumbling window length, grace and allowed lateness, in milliseconds."""
+    """Window and dedup parameters, in milliseconds.
+
+    ``size_ms`` tumbling windows; hopping windows of ``hop_windows`` tumbling windows advancing by one;
+    ``dedup_horizon_ms`` how far back (in event time) a repeated ``event_id`` is recognised.
+    """
 
     size_ms: int = 60_000
     grace_ms: int = 10_000
     lateness_ms: int = 0
+    hop_windows: int = 5
+    dedup_horizon_ms: int = 600_000
+    idle_timeout_ms: int = 30_000
+
+
+@dataclass(frozen=True, slots=True)
+class FinalWindow:
+    """A closed window ``[start_ms, start_ms + size_ms)`` of one livestream and its final counters."""
+
+    start_ms: int
+    size_ms: int
+    counters: Counters
 
 
 @dataclass
@@ -95,6 +118,9 @@ class FoldEffects:
     late: list[Event] = field(default_factory=list)
     redelivered_records: int = 0
     applied_events: int = 0
+    duplicate_events: int = 0
+    seen_ids: dict[str, set[str]] = field(default_factory=dict)
+    """Per channel, the ids of ``recent_ids`` as a set (built once per state per batch)."""
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -121,11 +147,14 @@ def apply_record(
     offset: int,
     spec: WindowSpec,
     effects: FoldEffects,
+    now_ms: int = -1,
 ) -> bool:
     """Fold the events of one Kafka record into ``state``; False (and nothing changes) if already applied.
 
     A record is already applied when it comes from the state's partition at or below ``last_offset``: Kafka
     redelivered it after a restart or rebalance. Records must be applied in offset order per partition.
+    Within the record, an event whose ``event_id`` was applied less than ``dedup_horizon_ms`` of event time
+    before the newest event seen is a client retry: it is counted in ``duplicate_events`` and nothing else.
     """
     if partition == state.partition and offset <= state.last_offset:
         state.redelivered_records += 1
@@ -133,11 +162,32 @@ def apply_record(
         return False
     state.partition = partition
     state.last_offset = offset
+    state.last_wall_ms = now_ms
+    seen = effects.seen_ids.get(state.channel_id)
+    if seen is None:
+        seen = effects.seen_ids[state.channel_id] = {i for ids in state.recent_ids.values() for i in ids}
     for event in events:
+        if event.event_id in seen:
+            state.duplicate_events += 1
+            effects.duplicate_events += 1
+            continue
+        seen.add(event.event_id)
+        bucket = event.ts_ms // 60_000
+        ids = state.recent_ids.get(bucket)
+        if ids is None:
+            ids = state.recent_ids[bucket] = []
+        ids.append(event.event_id)
         _apply_event(state, event, spec, effects)
-    effects.applied_events += len(events)
+        effects.applied_events += 1
+    _prune_ids(state, spec, seen)
     effects.touched.add(state.channel_id)
     return True
+
+
+def _prune_ids(state: ChannelState, spec: WindowSpec, seen: set[str]) -> None:
+    oldest = (state.max_ts_ms - spec.dedup_horizon_ms) // 60_000
+    for bucket in [b for b in state.recent_ids if b < oldest]:
+        seen.difference_update(state.recent_ids.pop(bucket))
 
 
 def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: FoldEffects) -> None:
@@ -218,20 +268,59 @@ def _apply_order(counters: Counters, order: Order) -> None:
         counters.orders_refunded += 1
 
 
-def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> list[tuple[int, Counters]]:
-    """Remove and return, oldest first, every open window closed at ``watermark_ms`` (``>= end + grace``).
+def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> list[FinalWindow]:
+    """Remove and return every window closed at ``watermark_ms`` (``watermark >= end + grace``), oldest first.
 
-    Afterwards events for those windows are late. Closing is driven by event time (or by the caller's idle
-    timeout), never by faust's wall-clock expiry, and it is part of the persisted state, so it survives restarts.
+    Returns the closed tumbling windows and, for every tumbling-window end that passed, the hopping window of
+    ``hop_windows`` tumbling windows ending there (if it has any event). Afterwards events for the closed
+    windows are late. Closing is driven by event time (or by the caller's idle timeout), never by faust's
+    wall-clock expiry, and it is part of the persisted state, so it survives restarts.
     """
-    horizon = watermark_ms - spec.size_ms - spec.grace_ms  # windows with start <= horizon are closed
-    if horizon <= state.closed_through_ms:
+    size = spec.size_ms
+    horizon = watermark_ms - size - spec.grace_ms  # windows with start <= horizon are closed
+    if horizon < 0 or horizon - horizon % size <= state.closed_through_ms:
         return []
-    closed = sorted((start, counters) for start, counters in state.windows.items() if start <= horizon)
-    for start, _ in closed:
-        del state.windows[start]
-    state.closed_through_ms = horizon - horizon % spec.size_ms if horizon >= 0 else state.closed_through_ms
-    return closed
+    new_through = horizon - horizon % size
+    old_through = state.closed_through_ms
+    finals: list[FinalWindow] = []
+    for start in sorted(s for s in state.windows if s <= new_through):
+        counters = state.windows.pop(start)
+        finals.append(FinalWindow(start, size, counters))
+        state.recent_closed[start] = counters
+    hop = spec.hop_windows
+    if hop > 1:
+        ends = {start + size * j for start in state.recent_closed for j in range(1, hop + 1)}
+        low = old_through + size if old_through >= 0 else -1
+        for end in sorted(e for e in ends if low < e <= new_through + size):
+            total = Counters()
+            for start in range(end - hop * size, end, size):
+                part = state.recent_closed.get(start)
+                if part is not None:
+                    total.merge(part)
+            finals.append(FinalWindow(end - hop * size, hop * size, total))
+        keep_from = new_through - (hop - 2) * size
+        for start in [s for s in state.recent_closed if s < keep_from]:
+            del state.recent_closed[start]
+    else:
+        state.recent_closed.clear()
+    state.closed_through_ms = new_through
+    return finals
+
+
+def idle_watermark(state: ChannelState, spec: WindowSpec, now_ms: int) -> int:
+    """Watermark of a livestream that has been idle: event time advances with wall clock after the timeout.
+
+    If no record was applied for ``idle_timeout_ms`` of wall-clock time, the watermark becomes the newest event
+    time plus the wall-clock time elapsed since then, so the last windows of a finished stream close.
+    Otherwise it is the ordinary :func:`watermark`.
+    """
+    base = watermark(state, spec)
+    if state.max_ts_ms < 0 or state.last_wall_ms < 0:
+        return base
+    idle_for = now_ms - state.last_wall_ms
+    if idle_for < spec.idle_timeout_ms:
+        return base
+    return max(base, state.max_ts_ms + idle_for)
 
 
 def average_order_value(counters: Counters) -> int:

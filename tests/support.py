@@ -179,7 +179,9 @@ class Pipeline:
                     return []
                 consumer.assign(tps)
                 ends = await consumer.end_offsets(tps)
-                await consumer.seek_to_beginning(*tps)
+                starts = await consumer.beginning_offsets(tps)
+                for tp in tps:  # explicit seeks: a lazy seek_to_beginning can lose to the default reset
+                    consumer.seek(tp, starts[tp])
                 out: list[KafkaRecord] = []
                 deadline = time.monotonic() + timeout
 

@@ -20,6 +20,7 @@ from stream.state import (
     close_windows,
     decode_state,
     encode_state,
+    idle_watermark,
     watermark,
 )
 
@@ -27,10 +28,16 @@ SPEC = WindowSpec(size_ms=60_000, grace_ms=10_000)
 BASE = 1_687_572_000_000  # 2023-06-24 02:00 UTC = 09:00 UTC+7, a whole minute
 
 
-def fold_replay(replay: FairReplay, batch: int) -> tuple[dict[str, ChannelState], dict[tuple[str, int], Counters]]:
-    """Fold a replay the way the agent does: records of up to ``batch`` events, offsets per partition."""
+Closed = dict[tuple[str, int, int], Counters]
+
+
+def fold_replay(replay: FairReplay, batch: int) -> tuple[dict[str, ChannelState], Closed]:
+    """Fold a replay the way the agent does: records of up to ``batch`` events, offsets per partition.
+
+    Returns the final states and every closed window by (channel, size, start).
+    """
     states: dict[str, ChannelState] = {}
-    closed: dict[tuple[str, int], Counters] = {}
+    closed: Closed = {}
     offsets: dict[str, int] = {}
     for minute in replay.minutes():
         for channel_id, events in minute.by_channel.items():
@@ -38,13 +45,15 @@ def fold_replay(replay: FairReplay, batch: int) -> tuple[dict[str, ChannelState]
             for i in range(0, len(events), batch):
                 offset = offsets[channel_id] = offsets.get(channel_id, -1) + 1
                 assert apply_record(state, events[i : i + batch], 0, offset, SPEC, FoldEffects())
-            for start, counters in close_windows(state, watermark(state, SPEC), SPEC):
-                closed[(channel_id, start)] = counters
+            for w in close_windows(state, watermark(state, SPEC), SPEC):
+                assert (channel_id, w.size_ms, w.start_ms) not in closed, "a window closed twice"
+                closed[(channel_id, w.size_ms, w.start_ms)] = w.counters
             state = decode_state(encode_state(state))  # what the table stores is what comes back
             states[channel_id] = state
     for channel_id, state in states.items():  # end of stream: close everything (as the idle timeout would)
-        for start, counters in close_windows(state, state.max_ts_ms + 10 * SPEC.size_ms, SPEC):
-            closed[(channel_id, start)] = counters
+        for w in close_windows(state, state.max_ts_ms + 10 * SPEC.size_ms, SPEC):
+            assert (channel_id, w.size_ms, w.start_ms) not in closed, "a window closed twice"
+            closed[(channel_id, w.size_ms, w.start_ms)] = w.counters
     return states, closed
 
 
@@ -63,9 +72,21 @@ def test_fold_equals_oracle(scale: float, seed: int, batch: int) -> None:
         assert set(state.creators) == set(expected.creators)
         assert (state.first_ts_ms, state.last_ts_ms) == (expected.first_ts_ms, expected.last_ts_ms)
         assert state.late_events == 0
-    assert set(closed) == set(oracle.windows)
+    minute = {(c, s): v for (c, size, s), v in closed.items() if size == 60_000}
+    assert set(minute) == set(oracle.windows)
     for key, expected_window in oracle.windows.items():
-        assert closed[key].as_dict() == {f: getattr(expected_window, f) for f in COUNTER_FIELDS}, key
+        assert minute[key].as_dict() == {f: getattr(expected_window, f) for f in COUNTER_FIELDS}, key
+    # 5-minute hopping windows: one per minute end that has events in the 5 minutes before it.
+    hopping = {(c, s): v for (c, size, s), v in closed.items() if size == 300_000}
+    expected_hopping: dict[tuple[str, int], dict[str, int]] = {}
+    for (channel_id, start), w in oracle.windows.items():
+        for hop_start in range(start - 240_000, start + 60_000, 60_000):
+            sums = expected_hopping.setdefault((channel_id, hop_start), dict.fromkeys(COUNTER_FIELDS, 0))
+            for f in COUNTER_FIELDS:
+                sums[f] += getattr(w, f)
+    assert set(hopping) == set(expected_hopping)
+    for key, sums in expected_hopping.items():
+        assert hopping[key].as_dict() == sums, key
     summary = oracle.summary()
     assert sum(s.totals.views for s in states.values()) == summary["views"] == round(OCOP_FAIR.views * scale)
     assert sum(s.totals.gmv_vnd for s in states.values()) == summary["gmv_vnd"]
@@ -98,7 +119,10 @@ def test_windows_close_at_end_plus_grace_and_late_events_are_reported() -> None:
     apply_record(state, [_view(3, BASE + 59_999)], 0, 2, SPEC, effects)
     apply_record(state, [_view(4, BASE + 70_000)], 0, 3, SPEC, effects)
     closed = close_windows(state, watermark(state, SPEC), SPEC)
-    assert [(start, c.views) for start, c in closed] == [(BASE, 2)]
+    assert [(w.start_ms, w.size_ms, w.counters.views) for w in closed] == [
+        (BASE, 60_000, 2),
+        (BASE - 240_000, 300_000, 2),
+    ]
     # beyond grace: late, counted stream-to-date, in no window
     apply_record(state, [_view(5, BASE + 1_000)], 0, 4, SPEC, effects)
     assert state.late_events == 1
@@ -170,3 +194,29 @@ def test_oracle_from_events_matches_fold_of_same_events() -> None:
     state = ChannelState(channel_id="c1")
     apply_record(state, events, 0, 0, SPEC, FoldEffects())
     assert state.totals.views == oracle.channels["c1"].views == 100
+
+
+def test_repeated_event_ids_count_once_within_the_horizon() -> None:
+    state = ChannelState(channel_id="c1")
+    effects = FoldEffects()
+    apply_record(state, [_view(1, BASE), _view(2, BASE + 1_000)], 0, 0, SPEC, effects)
+    apply_record(state, [_view(1, BASE), _view(3, BASE + 2_000)], 0, 1, SPEC, effects)  # a client retry of v1
+    assert state.totals.views == 3
+    assert state.duplicate_events == effects.duplicate_events == 1
+    again = decode_state(encode_state(state))  # the ids survive a restart
+    effects = FoldEffects()
+    apply_record(again, [_view(2, BASE + 1_000)], 0, 2, SPEC, effects)
+    assert again.totals.views == 3 and again.duplicate_events == 2
+    # Beyond the horizon (10 minutes of event time) ids are forgotten.
+    apply_record(again, [_view(9, BASE + 11 * 60_000)], 0, 3, SPEC, FoldEffects())
+    assert all(bucket >= (BASE + 60_000) // 60_000 for bucket in again.recent_ids)
+
+
+def test_idle_watermark_closes_the_last_window_after_the_timeout() -> None:
+    state = ChannelState(channel_id="c1")
+    apply_record(state, [_view(1, BASE + 30_000)], 0, 0, SPEC, FoldEffects(), now_ms=1_000_000)
+    assert idle_watermark(state, SPEC, now_ms=1_000_000 + SPEC.idle_timeout_ms - 1) == BASE + 30_000
+    assert close_windows(state, idle_watermark(state, SPEC, 1_000_000 + 29_999), SPEC) == []
+    later = 1_000_000 + 60_000  # idle for 60 s: watermark = newest event + 60 s >= end + grace
+    closed = close_windows(state, idle_watermark(state, SPEC, later), SPEC)
+    assert [(w.start_ms, w.size_ms) for w in closed] == [(BASE, 60_000), (BASE - 240_000, 300_000)]
