@@ -38,6 +38,8 @@ from stream.snapshot import ClosedWindow, LiveSnapshot
 from stream.state import (
     ChannelState,
     FoldEffects,
+    IdRow,
+    IdRows,
     WindowSpec,
     apply_record,
     close_windows,
@@ -49,6 +51,12 @@ from stream.state import (
 log = logging.getLogger(__name__)
 TICK_KEY = b"__tick__"
 _stats_encoder = msgspec.json.Encoder()
+_id_encoder = msgspec.msgpack.Encoder()
+_id_decoder = msgspec.msgpack.Decoder(dict[str, int])
+
+
+def id_row_key(channel_id: str, bucket: int) -> bytes:
+    return f"{channel_id}|{bucket}".encode()
 
 
 def raw_bytes() -> faust.Schema:
@@ -95,6 +103,16 @@ class Fold:
             schema=raw_bytes(),
         )
         self.states = PartitionedTable(self.table)  # type: ignore[arg-type]
+        self.ids_table = app.Table(
+            "event-ids",
+            default=None,
+            partitions=parts,
+            help="applied event ids per livestream and event-time minute (dedup of client retries)",
+            key_type=bytes,
+            value_type=bytes,
+            schema=raw_bytes(),
+        )
+        self.id_rows = PartitionedTable(self.ids_table)  # type: ignore[arg-type]
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
 
     async def process_batch(self, batch: list[EventT]) -> None:
@@ -105,6 +123,13 @@ class Fold:
         effects = FoldEffects()
         touched: dict[str, tuple[ChannelState, EventT]] = {}
         ticks: dict[int, EventT] = {}
+        current: list[EventT] = []  # the record being folded: its partition is the id rows' partition
+
+        def load_ids(channel_id: str, bucket: int) -> IdRow:
+            stored = self.id_rows.get(id_row_key(channel_id, bucket), current[0])
+            return _id_decoder.decode(stored) if stored is not None else {}
+
+        ids = IdRows(load_ids)
         for event in batch:
             message = event.message
             if message.key == TICK_KEY:
@@ -124,7 +149,8 @@ class Fold:
                 await send_dead_letter(self.dlq_topic, event, result)
                 continue
             state = self._state(result.channel_id, event, touched)
-            apply_record(state, result.events, message.partition, message.offset, spec, effects, now_ms)
+            current[:] = [event]
+            apply_record(state, result.events, message.partition, message.offset, spec, effects, now_ms, ids)
             touched[result.channel_id] = (state, event)
         for partition, tick in ticks.items():
             for channel_id, owned in list(live.channels.items()):
@@ -140,6 +166,11 @@ class Fold:
 
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
+        for channel_id, bucket in ids.changed:
+            row_key = id_row_key(channel_id, bucket)
+            self.id_rows.set(row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), touched[channel_id][1])
+        for channel_id, bucket in ids.dropped:
+            self.id_rows.delete(id_row_key(channel_id, bucket), touched[channel_id][1])
         closed_channels = {closed.channel_id for closed, _ in finals}
         for channel_id, (state, source) in touched.items():
             if channel_id in effects.touched or channel_id in closed_channels or channel_id not in live.channels:

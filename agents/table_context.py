@@ -44,3 +44,7 @@ class PartitionedTable:
     def set(self, key: bytes, value: bytes, source: EventT) -> None:
         with event_context(source):
             self._table[key] = value
+
+    def delete(self, key: bytes, source: EventT) -> None:
+        with event_context(source):
+            self._table.pop(key, None)

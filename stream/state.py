@@ -17,6 +17,7 @@ Semantics:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -75,8 +76,8 @@ class ChannelState(msgspec.Struct):
     """Every window with start <= this has been closed and emitted; events for them are late."""
     recent_closed: dict[int, Counters] = msgspec.field(default_factory=dict)
     """The last closed 1-minute windows (by start), from which 5-minute hopping windows are summed."""
-    recent_ids: dict[int, list[str]] = msgspec.field(default_factory=dict)
-    """Event ids applied within the dedup horizon, by event-time minute."""
+    id_buckets: list[int] = msgspec.field(default_factory=list)
+    """Event-time minutes (epoch ms // 60000) that have a row of applied event ids (see :class:`IdRows`)."""
     late_events: int = 0
     duplicate_events: int = 0
     redelivered_records: int = 0
@@ -119,8 +120,41 @@ class FoldEffects:
     redelivered_records: int = 0
     applied_events: int = 0
     duplicate_events: int = 0
-    seen_ids: dict[str, set[str]] = field(default_factory=dict)
-    """Per channel, the ids of ``recent_ids`` as a set (built once per state per batch)."""
+
+
+IdRow = dict[str, int]
+"""Applied event ids of one livestream and one event-time minute -> offset of the record that applied them."""
+
+
+class IdRows:
+    """The dedup rows a fold reads and writes: loaded on first use, written back once per batch by the caller.
+
+    ``load(channel_id, bucket)`` returns the stored row (empty if none). Rows are kept apart from the channel state
+    so a write touches only the current minutes' ids, not the whole horizon.
+    """
+
+    def __init__(self, load: Callable[[str, int], IdRow]) -> None:
+        self._load = load
+        self.rows: dict[tuple[str, int], IdRow] = {}
+        self.changed: set[tuple[str, int]] = set()
+        self.dropped: set[tuple[str, int]] = set()
+
+    def row(self, channel_id: str, bucket: int) -> IdRow:
+        key = (channel_id, bucket)
+        found = self.rows.get(key)
+        if found is None:
+            found = self.rows[key] = self._load(channel_id, bucket)
+        return found
+
+    def drop(self, channel_id: str, bucket: int) -> None:
+        key = (channel_id, bucket)
+        self.rows.pop(key, None)
+        self.changed.discard(key)
+        self.dropped.add(key)
+
+
+def no_stored_ids(channel_id: str, bucket: int) -> IdRow:
+    return {}
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -148,46 +182,51 @@ def apply_record(
     spec: WindowSpec,
     effects: FoldEffects,
     now_ms: int = -1,
+    ids: IdRows | None = None,
 ) -> bool:
     """Fold the events of one Kafka record into ``state``; False (and nothing changes) if already applied.
 
     A record is already applied when it comes from the state's partition at or below ``last_offset``: Kafka
     redelivered it after a restart or rebalance. Records must be applied in offset order per partition.
-    Within the record, an event whose ``event_id`` was applied less than ``dedup_horizon_ms`` of event time
-    before the newest event seen is a client retry: it is counted in ``duplicate_events`` and nothing else.
+
+    With ``ids``, an event whose ``event_id`` was already applied (within ``dedup_horizon_ms`` of event time) is a
+    client retry: counted in ``duplicate_events`` and nothing else. An id stored by a record *after* the state's
+    ``last_offset`` does not count as applied: that state change was lost in a crash and is being redone.
     """
     if partition == state.partition and offset <= state.last_offset:
         state.redelivered_records += 1
         effects.redelivered_records += 1
         return False
+    applied_through = state.last_offset if partition == state.partition else -1
     state.partition = partition
     state.last_offset = offset
     state.last_wall_ms = now_ms
-    seen = effects.seen_ids.get(state.channel_id)
-    if seen is None:
-        seen = effects.seen_ids[state.channel_id] = {i for ids in state.recent_ids.values() for i in ids}
+    in_record: set[str] = set()
+    channel_id = state.channel_id
     for event in events:
-        if event.event_id in seen:
-            state.duplicate_events += 1
-            effects.duplicate_events += 1
-            continue
-        seen.add(event.event_id)
-        bucket = event.ts_ms // 60_000
-        ids = state.recent_ids.get(bucket)
-        if ids is None:
-            ids = state.recent_ids[bucket] = []
-        ids.append(event.event_id)
+        if ids is not None:
+            event_id = event.event_id
+            bucket = event.ts_ms // 60_000
+            row = ids.row(channel_id, bucket)
+            seen_at = row.get(event_id)
+            if event_id in in_record or (seen_at is not None and seen_at <= applied_through):
+                state.duplicate_events += 1
+                effects.duplicate_events += 1
+                continue
+            in_record.add(event_id)
+            row[event_id] = offset
+            ids.changed.add((channel_id, bucket))
+            if bucket not in state.id_buckets:
+                state.id_buckets.append(bucket)
         _apply_event(state, event, spec, effects)
         effects.applied_events += 1
-    _prune_ids(state, spec, seen)
-    effects.touched.add(state.channel_id)
+    if ids is not None:
+        oldest = (state.max_ts_ms - spec.dedup_horizon_ms) // 60_000
+        for bucket in [b for b in state.id_buckets if b < oldest]:
+            state.id_buckets.remove(bucket)
+            ids.drop(channel_id, bucket)
+    effects.touched.add(channel_id)
     return True
-
-
-def _prune_ids(state: ChannelState, spec: WindowSpec, seen: set[str]) -> None:
-    oldest = (state.max_ts_ms - spec.dedup_horizon_ms) // 60_000
-    for bucket in [b for b in state.recent_ids if b < oldest]:
-        seen.difference_update(state.recent_ids.pop(bucket))
 
 
 def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: FoldEffects) -> None:

@@ -14,6 +14,7 @@ from stream.state import (
     ChannelState,
     Counters,
     FoldEffects,
+    IdRows,
     WindowSpec,
     apply_record,
     average_order_value,
@@ -39,17 +40,21 @@ def fold_replay(replay: FairReplay, batch: int) -> tuple[dict[str, ChannelState]
     states: dict[str, ChannelState] = {}
     closed: Closed = {}
     offsets: dict[str, int] = {}
+    store = DictStore()
     for minute in replay.minutes():
+        ids = store.batch()
         for channel_id, events in minute.by_channel.items():
             state = states.setdefault(channel_id, ChannelState(channel_id=channel_id))
             for i in range(0, len(events), batch):
                 offset = offsets[channel_id] = offsets.get(channel_id, -1) + 1
-                assert apply_record(state, events[i : i + batch], 0, offset, SPEC, FoldEffects())
+                assert apply_record(state, events[i : i + batch], 0, offset, SPEC, FoldEffects(), ids=ids)
+                assert state.duplicate_events == 0
             for w in close_windows(state, watermark(state, SPEC), SPEC):
                 assert (channel_id, w.size_ms, w.start_ms) not in closed, "a window closed twice"
                 closed[(channel_id, w.size_ms, w.start_ms)] = w.counters
             state = decode_state(encode_state(state))  # what the table stores is what comes back
             states[channel_id] = state
+        store.save(ids)
     for channel_id, state in states.items():  # end of stream: close everything (as the idle timeout would)
         for w in close_windows(state, state.max_ts_ms + 10 * SPEC.size_ms, SPEC):
             assert (channel_id, w.size_ms, w.start_ms) not in closed, "a window closed twice"
@@ -196,20 +201,67 @@ def test_oracle_from_events_matches_fold_of_same_events() -> None:
     assert state.totals.views == oracle.channels["c1"].views == 100
 
 
+class DictStore:
+    """Stands in for the dedup table: rows persist across batches the way the agent writes them back."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, int], dict[str, int]] = {}
+
+    def batch(self) -> IdRows:
+        return IdRows(lambda channel_id, bucket: dict(self.rows.get((channel_id, bucket), {})))
+
+    def save(self, ids: IdRows) -> None:
+        for key in ids.changed:
+            self.rows[key] = dict(ids.rows[key])
+        for key in ids.dropped:
+            self.rows.pop(key, None)
+
+
 def test_repeated_event_ids_count_once_within_the_horizon() -> None:
+    store = DictStore()
     state = ChannelState(channel_id="c1")
+    ids = store.batch()
     effects = FoldEffects()
-    apply_record(state, [_view(1, BASE), _view(2, BASE + 1_000)], 0, 0, SPEC, effects)
-    apply_record(state, [_view(1, BASE), _view(3, BASE + 2_000)], 0, 1, SPEC, effects)  # a client retry of v1
+    apply_record(state, [_view(1, BASE), _view(2, BASE + 1_000)], 0, 0, SPEC, effects, ids=ids)
+    apply_record(state, [_view(1, BASE), _view(3, BASE + 2_000)], 0, 1, SPEC, effects, ids=ids)  # retry of v1
+    store.save(ids)
     assert state.totals.views == 3
     assert state.duplicate_events == effects.duplicate_events == 1
-    again = decode_state(encode_state(state))  # the ids survive a restart
-    effects = FoldEffects()
-    apply_record(again, [_view(2, BASE + 1_000)], 0, 2, SPEC, effects)
-    assert again.totals.views == 3 and again.duplicate_events == 2
-    # Beyond the horizon (10 minutes of event time) ids are forgotten.
-    apply_record(again, [_view(9, BASE + 11 * 60_000)], 0, 3, SPEC, FoldEffects())
-    assert all(bucket >= (BASE + 60_000) // 60_000 for bucket in again.recent_ids)
+    again = decode_state(encode_state(state))  # a restart: state and id rows come back from storage
+    ids = store.batch()
+    apply_record(
+        again,
+        [_view(2, BASE + 1_000), _view(4, BASE + 3_000), _view(4, BASE + 3_000)],
+        0,
+        2,
+        SPEC,
+        FoldEffects(),
+        ids=ids,
+    )
+    store.save(ids)
+    assert again.totals.views == 4 and again.duplicate_events == 3
+    # Beyond the horizon (10 minutes of event time) rows are dropped.
+    ids = store.batch()
+    apply_record(again, [_view(9, BASE + 11 * 60_000)], 0, 3, SPEC, FoldEffects(), ids=ids)
+    store.save(ids)
+    assert min(again.id_buckets) >= (BASE + 60_000) // 60_000
+    assert (("c1", BASE // 60_000)) not in store.rows
+
+
+def test_ids_stored_by_a_lost_state_change_do_not_hide_the_redo() -> None:
+    """Crash after the id row was saved but before the state was: the redelivered record must count."""
+    store = DictStore()
+    state = ChannelState(channel_id="c1")
+    ids = store.batch()
+    apply_record(state, [_view(1, BASE)], 0, 0, SPEC, FoldEffects(), ids=ids)
+    store.save(ids)
+    saved = decode_state(encode_state(state))
+    ids = store.batch()
+    apply_record(state, [_view(2, BASE + 5)], 0, 1, SPEC, FoldEffects(), ids=ids)
+    store.save(ids)  # the id row of offset 1 reached storage, the state after offset 1 did not
+    ids = store.batch()
+    assert apply_record(saved, [_view(2, BASE + 5)], 0, 1, SPEC, FoldEffects(), ids=ids)
+    assert saved.totals.views == 2 and saved.duplicate_events == 0
 
 
 def test_idle_watermark_closes_the_last_window_after_the_timeout() -> None:

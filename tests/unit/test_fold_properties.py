@@ -15,7 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.events import View
-from stream.state import ChannelState, FoldEffects, WindowSpec, apply_record, close_windows, watermark
+from stream.state import (
+    ChannelState,
+    FoldEffects,
+    IdRows,
+    WindowSpec,
+    apply_record,
+    close_windows,
+    no_stored_ids,
+    watermark,
+)
 
 SPEC = WindowSpec(size_ms=60_000, grace_ms=10_000, hop_windows=1)
 BASE = 1_687_572_000_000
@@ -62,9 +71,10 @@ def test_disordered_duplicated_late_input(arrival: list[tuple[int, int]]) -> Non
     # The fold, one record per event, closing after each record as the agent does.
     state = ChannelState(channel_id="c1")
     effects = FoldEffects()
+    ids = IdRows(no_stored_ids)  # one long batch: rows stay in memory
     closed: dict[int, int] = {}
     for offset, event in enumerate(events):
-        apply_record(state, [event], 0, offset, SPEC, effects)
+        apply_record(state, [event], 0, offset, SPEC, effects, ids=ids)
         for w in close_windows(state, watermark(state, SPEC), SPEC):
             assert w.start_ms not in closed, "window emitted twice"
             closed[w.start_ms] = w.counters.views
