@@ -16,6 +16,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
         return web.json(
             {
                 **live.totals().as_dict(),
+                "ready": live.ready,
                 "livestreams": len(live.channels),
                 "creators": len({c for s in live.channels.values() for c in s.creators}),
                 "concurrent_viewers": live.concurrent_viewers(),

@@ -26,7 +26,7 @@ from typing import Any
 
 import faust
 import msgspec
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from agents.dlq import send_dead_letter
 from agents.emitted import EmittedIndex
@@ -46,10 +46,12 @@ from stream.state import (
     decode_state,
     encode_state,
     idle_watermark,
+    watermark,
 )
 
 log = logging.getLogger(__name__)
 TICK_KEY = b"__tick__"
+GAP_PATIENCE_S = 30.0
 _stats_encoder = msgspec.json.Encoder()
 _id_encoder = msgspec.msgpack.Encoder()
 _id_decoder = msgspec.msgpack.Decoder(dict[str, int])
@@ -113,6 +115,20 @@ class Fold:
             schema=raw_bytes(),
         )
         self.id_rows = PartitionedTable(self.ids_table)  # type: ignore[arg-type]
+        self.cursor_table = app.Table(
+            "partition-cursor",
+            default=None,
+            partitions=parts,
+            help="offset of the last events record processed, per partition (gap detection)",
+            key_type=bytes,
+            value_type=bytes,
+            schema=raw_bytes(),
+        )
+        self.cursor_rows = PartitionedTable(self.cursor_table)  # type: ignore[arg-type]
+        self.cursors: dict[int, int] = {}
+        self.resume_at: dict[int, tuple[int, float]] = {}
+        """partition -> (first missing offset, when the re-read began)"""
+        self.app = app
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
 
     async def process_batch(self, batch: list[EventT]) -> None:
@@ -130,8 +146,13 @@ class Fold:
             return _id_decoder.decode(stored) if stored is not None else {}
 
         ids = IdRows(load_ids)
+        gaps: dict[int, int] = {}
+        cursor_sources: dict[int, EventT] = {}
         for event in batch:
             message = event.message
+            if self._gap(message.partition, message.offset, event, gaps):
+                continue
+            cursor_sources[message.partition] = event
             if message.key == TICK_KEY:
                 ticks[message.partition] = event
                 continue
@@ -150,22 +171,30 @@ class Fold:
                 continue
             state = self._state(result.channel_id, event, touched)
             current[:] = [event]
-            apply_record(state, result.events, message.partition, message.offset, spec, effects, now_ms, ids)
+            produced_ms = int(message.timestamp * 1000)
+            apply_record(state, result.events, message.partition, message.offset, spec, effects, produced_ms, ids)
             touched[result.channel_id] = (state, event)
+        # A tick is processed after every record appended before it, so its timestamp is a point at which the
+        # partition had caught up: a livestream with no record produced in the idle timeout before it is idle.
+        idle_at: dict[str, int] = {}
         for partition, tick in ticks.items():
             for channel_id, owned in list(live.channels.items()):
                 if owned.partition == partition and channel_id not in touched:
                     touched[channel_id] = (self._state(channel_id, tick, touched), tick)
+                    idle_at[channel_id] = int(tick.message.timestamp * 1000)
 
         finals: list[tuple[ClosedWindow, int]] = []
         for channel_id, (state, source) in touched.items():
-            for window in close_windows(state, idle_watermark(state, spec, now_ms), spec):
+            mark = idle_watermark(state, spec, idle_at[channel_id]) if channel_id in idle_at else watermark(state, spec)
+            for window in close_windows(state, mark, spec):
                 closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
                 finals.append((closed, source.message.partition))
         await self._emit(finals, now_ms)
 
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
+        for partition, source in cursor_sources.items():
+            self.cursor_rows.set(str(partition).encode(), str(self.cursors[partition]).encode(), source)
         for channel_id, bucket in ids.changed:
             row_key = id_row_key(channel_id, bucket)
             self.id_rows.set(row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), touched[channel_id][1])
@@ -186,6 +215,48 @@ class Fold:
         live.late_events += len(effects.late)
         for late_event in effects.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
+        for partition, offset in gaps.items():
+            log.warning(
+                "offset gap on %s[%d]: records from %d were not delivered; seeking back",
+                settings.events_topic,
+                partition,
+                offset,
+            )
+            live.offset_gaps += 1
+            await self.app.consumer.seek(TP(settings.events_topic, partition), offset)
+
+    def _gap(self, partition: int, offset: int, source: EventT, gaps: dict[int, int]) -> bool:
+        """Track the partition's last processed offset; True if this record must wait for earlier ones.
+
+        faust acknowledges records it drops around a rebalance (generation change), which can let their offsets be
+        committed unprocessed. Every record of the events topic passes through here, so a jump past the last
+        processed offset means some never arrived: the partition is re-read from the first missing offset (records
+        already applied are then skipped by their livestream's offset), and records beyond it that were already
+        fetched are dropped until the missing one arrives. If it has not arrived after ``GAP_PATIENCE_S`` (records
+        deleted by retention) the gap is accepted and logged.
+        """
+        cursor = self.cursors.get(partition)
+        if cursor is None:
+            stored = self.cursor_rows.get(str(partition).encode(), source)
+            cursor = self.cursors[partition] = int(stored) if stored is not None else -1
+        waiting = self.resume_at.get(partition)
+        if waiting is not None:
+            target, since = waiting
+            if offset > target and time.monotonic() - since < GAP_PATIENCE_S:
+                return True
+            del self.resume_at[partition]
+            if offset > target:
+                log.error(
+                    "accepting an offset gap on partition %d: %d..%d never arrived", partition, target, offset - 1
+                )
+                cursor = offset - 1
+        elif cursor >= 0 and offset > cursor + 1:
+            self.resume_at[partition] = (cursor + 1, time.monotonic())
+            gaps[partition] = cursor + 1
+            return True
+        if offset > cursor:
+            self.cursors[partition] = offset
+        return False
 
     def _state(self, channel_id: str, source: EventT, touched: dict[str, tuple[ChannelState, EventT]]) -> ChannelState:
         entry = touched.get(channel_id)
@@ -207,6 +278,7 @@ class Fold:
                     key=f"{closed.channel_id}|{closed.start_ms}".encode(),
                     value=_stats_encoder.encode(record),
                     partition=partition,
+                    force=True,  # publish now: faust would otherwise attach it to the event and send it on ack
                 )
             )
             self.emitted.mark(closed.channel_id, closed.size_ms, closed.start_ms)
@@ -237,7 +309,11 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
+        live.ready = False
         live.drop_partitions(partitions)
+        for partition in partitions:
+            fold.cursors.pop(partition, None)
+            fold.resume_at.pop(partition, None)
         fold.emitted.forget(partitions)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
@@ -257,5 +333,6 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
         live.resync_pending = False
         for _key, value in fold.table.items():
             live.update(decode_state(value))
+        live.ready = True
 
     return fold

@@ -30,6 +30,8 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         broker_commit_every=10_000,
+        broker_session_timeout=10.0,  # a killed worker's partitions move after 10 s, not faust's default 60 s
+        broker_heartbeat_interval=2.0,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=20_000,
         stream_wait_empty=False,

@@ -36,6 +36,8 @@ class LiveSnapshot:
     unique_viewers: dict[str, int] = field(default_factory=dict)
     """Latest HyperLogLog estimate per channel id and per ``campaign:<name>``, refreshed by the Redis mirror."""
 
+    ready: bool = False
+    """True once this worker owns partitions, recovered its tables and loaded their states."""
     resync_pending: bool = False
     """Set on partition assignment: reload owned states from the table once recovery completes."""
 
@@ -48,6 +50,7 @@ class LiveSnapshot:
     duplicate_windows_suppressed: int = 0
     windows_closed: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
+    offset_gaps: int = 0
     redis_errors: int = 0
     redis_flushes: int = 0
 

@@ -82,7 +82,7 @@ class ChannelState(msgspec.Struct):
     duplicate_events: int = 0
     redelivered_records: int = 0
     last_wall_ms: int = -1
-    """Wall-clock time when the last record was applied (drives the idle watermark)."""
+    """Wall-clock time the last applied record was produced (its Kafka timestamp); drives the idle watermark."""
 
 
 @dataclass(frozen=True)
@@ -347,19 +347,17 @@ def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> l
 
 
 def idle_watermark(state: ChannelState, spec: WindowSpec, now_ms: int) -> int:
-    """Watermark of a livestream that has been idle: event time advances with wall clock after the timeout.
+    """Watermark of a livestream, taking wall-clock idleness into account.
 
-    If no record was applied for ``idle_timeout_ms`` of wall-clock time, the watermark becomes the newest event
-    time plus the wall-clock time elapsed since then, so the last windows of a finished stream close.
-    Otherwise it is the ordinary :func:`watermark`.
+    While records keep coming it is the ordinary :func:`watermark`. Once no record was applied for
+    ``idle_timeout_ms`` of wall-clock time (a stream that ended, or paused), the watermark moves past every window
+    that contains the newest event, tumbling and hopping, plus grace: the stream's last windows close and are
+    emitted. Events that arrive for them afterwards are late.
     """
     base = watermark(state, spec)
-    if state.max_ts_ms < 0 or state.last_wall_ms < 0:
+    if state.max_ts_ms < 0 or state.last_wall_ms < 0 or now_ms - state.last_wall_ms < spec.idle_timeout_ms:
         return base
-    idle_for = now_ms - state.last_wall_ms
-    if idle_for < spec.idle_timeout_ms:
-        return base
-    return max(base, state.max_ts_ms + idle_for)
+    return max(base, state.max_ts_ms + spec.size_ms * max(1, spec.hop_windows) + spec.grace_ms)
 
 
 def average_order_value(counters: Counters) -> int:

@@ -96,7 +96,7 @@ class Pipeline:
         self.workers.append(proc)
         self.ports.append(port)
         if wait:
-            wait_until(lambda: self._answers(port, proc), 90, f"worker {index} on port {port}")
+            wait_until(lambda: self._answers(port, proc), 120, f"worker {index} on port {port} to be ready")
         return proc
 
     def _answers(self, port: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -104,7 +104,7 @@ class Pipeline:
             raise AssertionError(f"worker exited with {proc.returncode}; log in {self.root}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/totals", timeout=2) as response:
-                return bool(response.status == 200)
+                return bool(response.status == 200 and msgspec.json.decode(response.read())["ready"])
         except OSError:
             return False
 

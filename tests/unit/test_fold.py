@@ -269,6 +269,8 @@ def test_idle_watermark_closes_the_last_window_after_the_timeout() -> None:
     apply_record(state, [_view(1, BASE + 30_000)], 0, 0, SPEC, FoldEffects(), now_ms=1_000_000)
     assert idle_watermark(state, SPEC, now_ms=1_000_000 + SPEC.idle_timeout_ms - 1) == BASE + 30_000
     assert close_windows(state, idle_watermark(state, SPEC, 1_000_000 + 29_999), SPEC) == []
-    later = 1_000_000 + 60_000  # idle for 60 s: watermark = newest event + 60 s >= end + grace
+    later = 1_000_000 + SPEC.idle_timeout_ms  # idle: every window holding the newest event closes
     closed = close_windows(state, idle_watermark(state, SPEC, later), SPEC)
-    assert [(w.start_ms, w.size_ms) for w in closed] == [(BASE, 60_000), (BASE - 240_000, 300_000)]
+    assert [(w.start_ms, w.size_ms) for w in closed] == [(BASE, 60_000)] + [
+        (BASE - 240_000 + i * 60_000, 300_000) for i in range(5)
+    ]

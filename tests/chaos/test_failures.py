@@ -1,0 +1,174 @@
+"""Failure tests on real Kafka and Redis: every one ends with every counter and every final window exact.
+
+A seeded fair is replayed at a fixed pace in a background thread while the failure is injected; afterwards the
+Redis totals, each livestream's counters, the table's changelog and the final window records (1- and 5-minute)
+are compared with the oracle, and no final window may appear twice in its topic.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+import pytest
+
+from livestream.producer import ReplayResult
+from livestream.services import LOCAL
+from schemas.stats import WindowStats
+from stream.replay.oracle import COUNTER_FIELDS, Oracle
+from tests.support import Pipeline, wait_until
+
+CAMPAIGN = "ocop-bac-giang-2023"
+SCALE = 0.01
+FAIR_MINUTES = 285
+PACE_SECONDS = 24.0  # the whole fair is replayed over this many seconds
+FAST_IDLE = {"LIVESTREAM_IDLE_TIMEOUT_S": "3", "LIVESTREAM_IDLE_TICK_S": "1"}
+
+
+class BackgroundReplay:
+    def __init__(self, pipeline: Pipeline, seed: int, batch: int) -> None:
+        self.result: ReplayResult | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.result = pipeline.replay(
+                    scale=SCALE, seed=seed, batch=batch, speed=FAIR_MINUTES * 60 / PACE_SECONDS
+                )
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.started = time.monotonic()
+        self.thread.start()
+
+    def join(self) -> ReplayResult:
+        self.thread.join(180)
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None, "replay did not finish"
+        return self.result
+
+    def at(self, fraction: float) -> None:
+        """Sleep until ``fraction`` of the replay's pace has passed."""
+        time.sleep(max(0.0, self.started + fraction * PACE_SECONDS - time.monotonic()))
+
+
+def assert_exact(pipeline: Pipeline, oracle: Oracle) -> None:
+    pipeline.wait_redis_summary(CAMPAIGN, oracle.summary(), timeout=240)
+    channels = pipeline.redis_channels(CAMPAIGN)
+    for channel_id, expected in oracle.channels.items():
+        for name in COUNTER_FIELDS:
+            assert channels[channel_id][name] == getattr(expected, name), (channel_id, name)
+        assert channels[channel_id]["peak_concurrent_viewers"] == expected.peak_concurrent
+
+    states = pipeline.table_states()
+    for channel_id, expected in oracle.channels.items():
+        assert states[channel_id].totals.as_dict() == {n: getattr(expected, n) for n in COUNTER_FIELDS}, channel_id
+
+    # Every window closes (idle ticks close the last ones); each final record once, equal to the oracle.
+    def windows(topic: str) -> list[WindowStats]:
+        return [msgspec.json.decode(r.value, type=WindowStats) for r in pipeline.read_topic(topic) if r.value]
+
+    settings = pipeline.settings()
+    wait_until(lambda: len(windows(settings.stats_1m_topic)) >= len(oracle.windows), 120, "every 1-minute window")
+    minute = windows(settings.stats_1m_topic)
+    keys = [(w.channel_id, w.window_start_ms) for w in minute]
+    assert len(keys) == len(set(keys)), "a final 1-minute window was emitted twice"
+    assert set(keys) == set(oracle.windows)
+    for w in minute:
+        expected_window = oracle.windows[(w.channel_id, w.window_start_ms)]
+        assert {n: getattr(w, n) for n in COUNTER_FIELDS} == {n: getattr(expected_window, n) for n in COUNTER_FIELDS}
+
+    expected_hop: dict[tuple[str, int], int] = {}
+    for (channel_id, start), w in oracle.windows.items():
+        for hop_start in range(start - 240_000, start + 60_000, 60_000):
+            expected_hop[(channel_id, hop_start)] = expected_hop.get((channel_id, hop_start), 0) + w.views
+    wait_until(lambda: len(windows(settings.stats_hop_topic)) >= len(expected_hop), 60, "every 5-minute window")
+    hop = windows(settings.stats_hop_topic)
+    hop_keys = [(w.channel_id, w.window_start_ms) for w in hop]
+    assert len(hop_keys) == len(set(hop_keys)), "a final 5-minute window was emitted twice"
+    assert {(w.channel_id, w.window_start_ms): w.views for w in hop} == expected_hop
+
+
+def run_scenario(
+    pipeline: Pipeline, inject: Callable[[Pipeline, BackgroundReplay], None], seed: int = 21, batch: int = 1
+) -> float:
+    """Replay while ``inject`` runs; returns seconds from the end of the replay until everything was exact."""
+    pipeline.extra_env.update(FAST_IDLE)
+    pipeline.start_worker()
+    replay = BackgroundReplay(pipeline, seed=seed, batch=batch)
+    inject(pipeline, replay)
+    result = replay.join()
+    done = time.monotonic()
+    assert_exact(pipeline, result.oracle)
+    return time.monotonic() - done
+
+
+def restart_worker(pipeline: Pipeline, sig: int) -> float:
+    """Stop the running worker with ``sig`` and start a new one; returns seconds until the new one answers."""
+    pipeline.stop_worker(pipeline.workers[-1], sig)
+    started = time.monotonic()
+    pipeline.start_worker(index=len(pipeline.workers))
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_kill_9_three_times_during_the_replay(pipeline: Pipeline) -> None:
+    restarts: list[float] = []
+
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        for fraction in (0.2, 0.45, 0.7):
+            replay.at(fraction)
+            restarts.append(restart_worker(pipe, signal.SIGKILL))
+
+    settle = run_scenario(pipeline, inject)
+    print(f"kill -9 x3: restarts {[round(r, 1) for r in restarts]} s, exact {settle:.1f} s after the replay")
+
+
+@pytest.mark.slow
+def test_sigterm_mid_window(pipeline: Pipeline) -> None:
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        replay.at(0.5)
+        restart_worker(pipe, signal.SIGTERM)
+
+    run_scenario(pipeline, inject, batch=25)
+
+
+@pytest.mark.slow
+def test_state_directory_deleted_is_rebuilt_from_the_changelog(pipeline: Pipeline) -> None:
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        replay.at(0.5)
+        pipe.stop_worker(pipe.workers[-1], signal.SIGKILL)
+        data_dir = pipe.root / f"worker-{len(pipe.workers) - 1}"
+        shutil.rmtree(data_dir)
+        pipe.start_worker(index=len(pipe.workers) - 1)  # same data dir, now empty
+
+    run_scenario(pipeline, inject)
+
+
+@pytest.mark.slow
+def test_kafka_broker_restarted_mid_replay(pipeline: Pipeline) -> None:
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        replay.at(0.4)
+        subprocess.run([str(LOCAL / "kafka.sh"), "restart"], check=True, timeout=120)
+
+    run_scenario(pipeline, inject, batch=10)
+
+
+@pytest.mark.slow
+def test_redis_down_for_20_seconds(pipeline: Pipeline) -> None:
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        replay.at(0.3)
+        subprocess.run([str(LOCAL / "redis.sh"), "stop"], check=True, timeout=60)
+        time.sleep(20)
+        subprocess.run([str(LOCAL / "redis.sh"), "start"], check=True, timeout=60)
+
+    run_scenario(pipeline, inject)
+    errors = [line for line in pipeline.metrics_text().splitlines() if line.startswith("livestream_redis_errors_total")]
+    assert errors and float(errors[0].split()[-1]) > 0, "the outage must have been seen and counted"
