@@ -223,7 +223,7 @@ class Fold:
                 offset,
             )
             live.offset_gaps += 1
-            await self.app.consumer.seek(TP(settings.events_topic, partition), offset)
+            await self.app.consumer.seek_wait({TP(settings.events_topic, partition): offset})
 
     def _gap(self, partition: int, offset: int, source: EventT, gaps: dict[int, int]) -> bool:
         """Track the partition's last processed offset; True if this record must wait for earlier ones.
