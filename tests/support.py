@@ -148,7 +148,9 @@ class Pipeline:
 
         async def run() -> None:
             await ensure_topics(settings)
-            producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+            producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, max_request_size=8_388_608
+            )
             await producer.start()
             try:
                 for key, value in records:

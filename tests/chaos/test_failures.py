@@ -27,7 +27,8 @@ CAMPAIGN = "ocop-bac-giang-2023"
 SCALE = 0.01
 FAIR_MINUTES = 285
 PACE_SECONDS = 24.0  # the whole fair is replayed over this many seconds
-FAST_IDLE = {"LIVESTREAM_IDLE_TIMEOUT_S": "3", "LIVESTREAM_IDLE_TICK_S": "1"}
+# Idle timeout longer than the broker outage of the restart test, short enough to close the last windows soon.
+FAST_IDLE = {"LIVESTREAM_IDLE_TIMEOUT_S": "15", "LIVESTREAM_IDLE_TICK_S": "1"}
 
 
 class BackgroundReplay:

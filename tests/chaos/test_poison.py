@@ -1,0 +1,44 @@
+"""Poison pills interleaved with a real replay: each lands in the dead-letter topic, every good event counts."""
+
+from __future__ import annotations
+
+import threading
+
+from stream.decode import DEAD_LETTER_REASONS
+from tests.chaos.test_failures import assert_exact
+from tests.support import Pipeline, parse_metrics, wait_until
+from tests.unit.test_decode import POISON
+
+
+def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
+    pipeline.extra_env.update({"LIVESTREAM_IDLE_TIMEOUT_S": "5", "LIVESTREAM_IDLE_TICK_S": "1"})
+    pipeline.start_worker()
+    # The events topic carries the keys the pills claim; re-key "c1" pills to a real livestream.
+    pills = [(reason, b"ocop-live-03" if key == b"c1" else key, value) for reason, key, value in POISON]
+    pills = [(r, k, v.replace(b'"c1"', b'"ocop-live-03"') if v else v) for r, k, v in pills]
+    assert len({reason for reason, _, _ in pills}) >= 10 and len(pills) >= 12
+
+    def inject() -> None:
+        for _ in range(2):
+            pipeline.produce_raw([(key, value) for _, key, value in pills])
+
+    poisoner = threading.Thread(target=inject)
+    poisoner.start()
+    result = pipeline.replay(scale=0.003, seed=4, batch=1, speed=285 * 60 / 8)
+    poisoner.join(60)
+    assert_exact(pipeline, result.oracle)
+
+    expected = sorted([reason for reason, _, _ in pills] * 2)
+    wait_until(lambda: len(pipeline.read_topic(pipeline.settings().dlq_topic)) >= len(expected), 60, "dead letters")
+    dead = pipeline.read_topic(pipeline.settings().dlq_topic)
+    assert sorted(r.headers["error"].decode() for r in dead) == expected
+    events = {(r.partition, r.offset): r for r in pipeline.read_topic(pipeline.settings().events_topic)}
+    for record in dead:
+        source = events[(int(record.headers["source_partition"]), int(record.headers["source_offset"]))]
+        assert record.headers["source_topic"] == pipeline.settings().events_topic.encode()
+        assert (source.key, source.value) == (record.key, record.value), "the dead letter is the original record"
+        assert record.headers["error_message"]
+    samples = parse_metrics(pipeline.metrics_text())
+    for reason in DEAD_LETTER_REASONS:
+        assert samples[f'livestream_dlq_records_total{{reason="{reason}"}}'] == expected.count(reason)
+    wait_until(lambda: pipeline.lag() == 0, 60, "offsets to advance past every pill")
