@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 services_app = typer.Typer(help="Local real services: Kafka (KRaft) and Redis.", no_args_is_help=True)
 app.add_typer(services_app, name="services")
+dlq_app = typer.Typer(help="Dead letters: records that could not be decoded or validated.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
 
 class _State:
@@ -192,6 +194,59 @@ def schemas(
     for path in stale:
         print(f"{'stale' if check else 'wrote'}: {path}")
     raise typer.Exit(1 if check and stale else 0)
+
+
+@dlq_app.command("inspect")
+def dlq_inspect(
+    reason: Annotated[str | None, typer.Option(help="only this error reason (e.g. bad_json)")] = None,
+    limit: Annotated[int, typer.Option(help="show at most this many, newest last")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line")] = False,
+) -> None:
+    """List dead letters with their error, source coordinates and a preview of the value."""
+    from collections import Counter
+
+    from livestream.dlq import read_dead_letters
+
+    settings = _State.settings()
+    records = asyncio.run(read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic, reason))
+    shown = records[-limit:] if limit > 0 else records
+    if as_json:
+        for record in shown:
+            print(json.dumps(record.summary()))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{settings.dlq_topic}: {len(records)} dead letters, showing {len(shown)}")
+    for column in ("dlq_offset", "error", "source", "key", "bytes", "message", "value"):
+        table.add_column(column)
+    for record in shown:
+        row = record.summary(40)
+        table.add_row(
+            *[str(row[c])[:60] for c in ("dlq_offset", "error", "source", "key", "bytes", "message", "value")]
+        )
+    console = Console()
+    console.print(table)
+    console.print(dict(Counter(r.headers.get("error", "") for r in records)))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: Annotated[str | None, typer.Option(help="only this error reason")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+) -> None:
+    """Re-inject dead letters into the events topic (after the cause was fixed); prints how many."""
+    from livestream.dlq import read_dead_letters, replay_dead_letters
+
+    settings = _State.settings()
+    records = asyncio.run(read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic, reason))
+    if not records:
+        print("no dead letters to replay")
+        return
+    if not yes:
+        typer.confirm(f"re-inject {len(records)} records into {settings.events_topic}?", abort=True)
+    count = asyncio.run(replay_dead_letters(settings.kafka_bootstrap, records, settings.events_topic))
+    print(json.dumps({"replayed": count, "topic": settings.events_topic}))
 
 
 def main() -> None:
