@@ -195,6 +195,9 @@ class Fold:
         # never see a channel's new state without its viewer ids).
         for partition, source in cursor_sources.items():
             self.cursor_rows.set(str(partition).encode(), str(self.cursors[partition]).encode(), source)
+            highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
+            if highwater is not None:
+                live.lag[partition] = max(0, highwater - self.cursors[partition] - 1)
         for channel_id, bucket in ids.changed:
             row_key = id_row_key(channel_id, bucket)
             self.id_rows.set(row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), touched[channel_id][1])

@@ -43,9 +43,10 @@ CHANNEL_GAUGES = ("views", "orders_paid", "gmv_vnd", "comments", "likes", "add_t
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, live: LiveSnapshot, top_k: int) -> None:
+    def __init__(self, live: LiveSnapshot, top_k: int, events_topic: str) -> None:
         self.live = live
         self.top_k = top_k
+        self.events_topic = events_topic
 
     def collect(self) -> Iterable[Metric]:
         yield from self._fair()
@@ -135,11 +136,19 @@ class SnapshotCollector(Collector):
         )
         yield CounterMetricFamily("livestream_redis_errors", "Failed Redis mirror flushes", value=live.redis_errors)
         yield CounterMetricFamily("livestream_redis_flushes", "Redis mirror flushes", value=live.redis_flushes)
+        lag = GaugeMetricFamily(
+            "livestream_consumer_lag_records",
+            "Records of an owned events partition not processed yet",
+            labels=["topic", "partition"],
+        )
+        for partition, records in sorted(live.lag.items()):
+            lag.add_metric([self.events_topic, str(partition)], records)
+        yield lag
 
 
 def build_registry(live: LiveSnapshot, settings: Settings) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(live, settings.top_k_channels))
+    registry.register(SnapshotCollector(live, settings.top_k_channels, settings.events_topic))
     return registry
 
 

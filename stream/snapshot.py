@@ -51,6 +51,8 @@ class LiveSnapshot:
     windows_closed: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     offset_gaps: int = 0
+    lag: dict[int, int] = field(default_factory=dict)
+    """Records of each owned events partition not yet processed (high watermark - next offset), per batch."""
     redis_errors: int = 0
     redis_flushes: int = 0
 
@@ -76,6 +78,8 @@ class LiveSnapshot:
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget channels of partitions this worker no longer owns."""
+        for partition in partitions:
+            self.lag.pop(partition, None)
         for channel_id in [c for c, s in self.channels.items() if s.partition in partitions]:
             del self.channels[channel_id]
             self.dirty.discard(channel_id)
