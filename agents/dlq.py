@@ -8,23 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from faust.types import EventT
-
 from stream.decode import DeadLetter
 
 
-def dead_letter_headers(event: EventT, letter: DeadLetter) -> list[tuple[str, bytes]]:
-    message = event.message
+def dead_letter_headers(topic: str, partition: int, offset: int, letter: DeadLetter) -> list[tuple[str, bytes]]:
     return [
         ("error", letter.reason.encode()),
         ("error_message", letter.message[:1000].encode()),
-        ("source_topic", message.topic.encode()),
-        ("source_partition", str(message.partition).encode()),
-        ("source_offset", str(message.offset).encode()),
+        ("source_topic", topic.encode()),
+        ("source_partition", str(partition).encode()),
+        ("source_offset", str(offset).encode()),
     ]
 
 
-async def send_dead_letter(topic: Any, event: EventT, letter: DeadLetter) -> None:
-    """Publish the original record with its error headers (buffered; flushed before the offset commit)."""
-    message = event.message
-    await topic.send(key=message.key, value=message.value, headers=dead_letter_headers(event, letter))
+async def send_dead_letter(
+    dlq: Any, key: bytes | None, value: bytes | None, topic: str, partition: int, offset: int, letter: DeadLetter
+) -> None:
+    """Publish the original record with its error headers (flushed before the offset commit)."""
+    await dlq.send(key=key, value=value, headers=dead_letter_headers(topic, partition, offset, letter))

@@ -13,8 +13,8 @@ import logging
 import time
 
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from agents.topic_reader import read_to_end
 from schemas.stats import WindowStats
 
 log = logging.getLogger(__name__)
@@ -44,33 +44,13 @@ class EmittedIndex:
         if not partitions:
             return
         started = time.monotonic()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 * 1024 * 1024
-        )
-        await consumer.start()
         count = 0
-        try:
-            tps = [TopicPartition(t, p) for t in self.topics for p in sorted(partitions)]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            starts = await consumer.beginning_offsets(tps)
-            for tp in tps:  # explicit seeks: a lazy seek_to_beginning can lose to the default offset reset
-                consumer.seek(tp, starts[tp])
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=20_000)
-                for tp, records in batch.items():
-                    for record in records:
-                        if record.value is not None and record.offset < ends[tp]:
-                            window = msgspec.json.decode(record.value, type=WindowStats)
-                            size = window.window_end_ms - window.window_start_ms
-                            self.mark(window.channel_id, size, window.window_start_ms)
-                            count += 1
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-        finally:
-            await consumer.stop()
+        for topic in self.topics:
+            for record in await read_to_end(self.bootstrap, topic, partitions):
+                if record.value is not None:
+                    window = msgspec.json.decode(record.value, type=WindowStats)
+                    self.mark(window.channel_id, window.window_end_ms - window.window_start_ms, window.window_start_ms)
+                    count += 1
         self.loaded |= partitions
         log.info(
             "read %d emitted windows of partitions %s in %.2f s", count, sorted(partitions), time.monotonic() - started

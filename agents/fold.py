@@ -31,6 +31,7 @@ from faust.types import TP, EventT
 from agents.dlq import send_dead_letter
 from agents.emitted import EmittedIndex
 from agents.table_context import PartitionedTable
+from agents.topic_reader import read_range
 from schemas.stats import WindowStats
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
@@ -51,7 +52,6 @@ from stream.state import (
 
 log = logging.getLogger(__name__)
 TICK_KEY = b"__tick__"
-GAP_PATIENCE_S = 30.0
 _stats_encoder = msgspec.json.Encoder()
 _id_encoder = msgspec.msgpack.Encoder()
 _id_decoder = msgspec.msgpack.Decoder(dict[str, int])
@@ -126,8 +126,6 @@ class Fold:
         )
         self.cursor_rows = PartitionedTable(self.cursor_table)  # type: ignore[arg-type]
         self.cursors: dict[int, int] = {}
-        self.resume_at: dict[int, tuple[int, float]] = {}
-        """partition -> (first missing offset, when the re-read began)"""
         self.app = app
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
 
@@ -146,34 +144,41 @@ class Fold:
             return _id_decoder.decode(stored) if stored is not None else {}
 
         ids = IdRows(load_ids)
-        gaps: dict[int, int] = {}
         cursor_sources: dict[int, EventT] = {}
-        for event in batch:
-            message = event.message
-            if self._gap(message.partition, message.offset, event, gaps):
-                continue
-            cursor_sources[message.partition] = event
-            if message.key == TICK_KEY:
-                ticks[message.partition] = event
-                continue
-            result = decode_record(message.key, message.value, bounds)
+
+        async def fold_record(
+            key: bytes | None, value: bytes | None, partition: int, offset: int, produced_ms: int, event: EventT
+        ) -> None:
+            if key == TICK_KEY:
+                ticks[partition] = event
+                return
+            result = decode_record(key, value, bounds)
             if isinstance(result, DeadLetter):
                 live.dead_letters[result.reason] += 1
                 log.warning(
                     "dead letter %s at %s[%d]@%d: %s",
                     result.reason,
-                    message.topic,
-                    message.partition,
-                    message.offset,
+                    settings.events_topic,
+                    partition,
+                    offset,
                     result.message,
                 )
-                await send_dead_letter(self.dlq_topic, event, result)
-                continue
+                await send_dead_letter(self.dlq_topic, key, value, settings.events_topic, partition, offset, result)
+                return
             state = self._state(result.channel_id, event, touched)
             current[:] = [event]
-            produced_ms = int(message.timestamp * 1000)
-            apply_record(state, result.events, message.partition, message.offset, spec, effects, produced_ms, ids)
+            apply_record(state, result.events, partition, offset, spec, effects, produced_ms, ids)
             touched[result.channel_id] = (state, event)
+
+        for event in batch:
+            message = event.message
+            for missed in await self._missing(message.partition, message.offset, event):
+                await fold_record(missed.key, missed.value, missed.partition, missed.offset, missed.timestamp, event)
+            cursor_sources[message.partition] = event
+            await fold_record(
+                message.key, message.value, message.partition, message.offset, int(message.timestamp * 1000), event
+            )
+
         # A tick is processed after every record appended before it, so its timestamp is a point at which the
         # partition had caught up: a livestream with no record produced in the idle timeout before it is idle.
         idle_at: dict[str, int] = {}
@@ -218,48 +223,27 @@ class Fold:
         live.late_events += len(effects.late)
         for late_event in effects.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
-        for partition, offset in gaps.items():
-            log.warning(
-                "offset gap on %s[%d]: records from %d were not delivered; seeking back",
-                settings.events_topic,
-                partition,
-                offset,
-            )
-            live.offset_gaps += 1
-            await self.app.consumer.seek_wait({TP(settings.events_topic, partition): offset})
 
-    def _gap(self, partition: int, offset: int, source: EventT, gaps: dict[int, int]) -> bool:
-        """Track the partition's last processed offset; True if this record must wait for earlier ones.
+    async def _missing(self, partition: int, offset: int, source: EventT) -> list[Any]:
+        """Records of ``partition`` between the last one processed and ``offset`` that never arrived (usually none).
 
-        faust acknowledges records it drops around a rebalance (generation change), which can let their offsets be
-        committed unprocessed. Every record of the events topic passes through here, so a jump past the last
-        processed offset means some never arrived: the partition is re-read from the first missing offset (records
-        already applied are then skipped by their livestream's offset), and records beyond it that were already
-        fetched are dropped until the missing one arrives. If it has not arrived after ``GAP_PATIENCE_S`` (records
-        deleted by retention) the gap is accepted and logged.
+        faust acknowledges records it drops around rebalances and on shutdown, which can let their offsets be
+        committed unprocessed. Every record of the events topic passes through here and the last processed offset
+        per partition is kept in a table, so a jump means records were skipped: they are read straight from Kafka
+        and folded first (records already applied are then skipped by their livestream's offset).
         """
         cursor = self.cursors.get(partition)
         if cursor is None:
             stored = self.cursor_rows.get(str(partition).encode(), source)
-            cursor = self.cursors[partition] = int(stored) if stored is not None else -1
-        waiting = self.resume_at.get(partition)
-        if waiting is not None:
-            target, since = waiting
-            if offset > target and time.monotonic() - since < GAP_PATIENCE_S:
-                return True
-            del self.resume_at[partition]
-            if offset > target:
-                log.error(
-                    "accepting an offset gap on partition %d: %d..%d never arrived", partition, target, offset - 1
-                )
-                cursor = offset - 1
-        elif cursor >= 0 and offset > cursor + 1:
-            self.resume_at[partition] = (cursor + 1, time.monotonic())
-            gaps[partition] = cursor + 1
-            return True
-        if offset > cursor:
-            self.cursors[partition] = offset
-        return False
+            cursor = int(stored) if stored is not None else -1
+        self.cursors[partition] = max(cursor, offset)
+        if cursor < 0 or offset <= cursor + 1:
+            return []
+        topic = self.settings.events_topic
+        missed = await read_range(self.settings.kafka_bootstrap, topic, partition, cursor + 1, offset)
+        log.warning("offset gap on %s[%d]: re-read %d records from %d", topic, partition, len(missed), cursor + 1)
+        self.live.offset_gaps += 1
+        return missed
 
     def _state(self, channel_id: str, source: EventT, touched: dict[str, tuple[ChannelState, EventT]]) -> ChannelState:
         entry = touched.get(channel_id)
@@ -316,7 +300,6 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
         live.drop_partitions(partitions)
         for partition in partitions:
             fold.cursors.pop(partition, None)
-            fold.resume_at.pop(partition, None)
         fold.emitted.forget(partitions)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]

@@ -132,7 +132,9 @@ class SnapshotCollector(Collector):
             dlq.add_metric([reason], live.dead_letters.get(reason, 0))
         yield dlq
         yield CounterMetricFamily(
-            "livestream_offset_gaps", "Records faust skipped, re-read by seeking back", value=live.offset_gaps
+            "livestream_offset_gaps",
+            "Offset gaps (records faust skipped) filled by re-reading them",
+            value=live.offset_gaps,
         )
         yield CounterMetricFamily("livestream_redis_errors", "Failed Redis mirror flushes", value=live.redis_errors)
         yield CounterMetricFamily("livestream_redis_flushes", "Redis mirror flushes", value=live.redis_flushes)

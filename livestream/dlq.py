@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
+
+from agents.topic_reader import read_to_end
 
 
 @dataclass(frozen=True)
@@ -32,34 +33,12 @@ class DeadLetterRecord:
 
 async def read_dead_letters(bootstrap: str, topic: str, reason: str | None = None) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topic (optionally only one ``error`` reason), oldest first."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024
-    )
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, starts[tp])
-        out: list[DeadLetterRecord] = []
-        deadline = time.monotonic() + 60
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]) and time.monotonic() < deadline:
-            for tp, records in (await consumer.getmany(timeout_ms=500, max_records=5000)).items():
-                for r in records:
-                    if r.offset >= ends[tp]:
-                        continue
-                    headers = {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers}
-                    if reason is None or headers.get("error") == reason:
-                        out.append(DeadLetterRecord(r.partition, r.offset, r.key, r.value, headers))
-        return sorted(out, key=lambda d: (d.partition, d.offset))
-    finally:
-        await consumer.stop()
+    out: list[DeadLetterRecord] = []
+    for r in await read_to_end(bootstrap, topic):
+        headers = {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers}
+        if reason is None or headers.get("error") == reason:
+            out.append(DeadLetterRecord(r.partition, r.offset, r.key, r.value, headers))
+    return out
 
 
 async def replay_dead_letters(bootstrap: str, records: list[DeadLetterRecord], events_topic: str) -> int:

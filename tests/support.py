@@ -21,9 +21,10 @@ from typing import Any
 
 import msgspec
 import redis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from agents.startup import ensure_topics
+from agents.topic_reader import read_to_end
 from livestream import readback
 from livestream.lag import consumer_lag
 from livestream.producer import ReplayResult, produce_replay
@@ -160,58 +161,13 @@ class Pipeline:
 
         asyncio.run(run())
 
-    def read_topic(self, topic: str, timeout: float = 10) -> list[KafkaRecord]:
+    def read_topic(self, topic: str, timeout: float = 30) -> list[KafkaRecord]:
         """Every record of ``topic`` from the beginning to its current end."""
-        settings = self.settings()
-
-        async def run() -> list[KafkaRecord]:
-            consumer = AIOKafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap,
-                enable_auto_commit=False,
-                max_partition_fetch_bytes=16 * 1024 * 1024,
-            )
-            await consumer.start()
-            try:
-                partitions = consumer.partitions_for_topic(topic)
-                if not partitions:
-                    await consumer._client.force_metadata_update()
-                    partitions = consumer.partitions_for_topic(topic) or set()
-                tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-                if not tps:
-                    return []
-                consumer.assign(tps)
-                ends = await consumer.end_offsets(tps)
-                starts = await consumer.beginning_offsets(tps)
-                for tp in tps:  # explicit seeks: a lazy seek_to_beginning can lose to the default reset
-                    consumer.seek(tp, starts[tp])
-                out: list[KafkaRecord] = []
-                deadline = time.monotonic() + timeout
-
-                async def unread() -> bool:
-                    return any([await consumer.position(tp) < ends[tp] for tp in tps])
-
-                while await unread():
-                    if time.monotonic() > deadline:
-                        raise AssertionError(f"could not read {topic} to its end")
-                    batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-                    for tp, messages in batch.items():
-                        for m in messages:
-                            if m.offset < ends[tp]:
-                                out.append(
-                                    KafkaRecord(
-                                        m.topic,
-                                        m.partition,
-                                        m.offset,
-                                        m.key,
-                                        m.value,
-                                        {k: bytes(v) for k, v in m.headers},
-                                    )
-                                )
-                return out
-            finally:
-                await consumer.stop()
-
-        return asyncio.run(run())
+        records = asyncio.run(read_to_end(self.settings().kafka_bootstrap, topic, timeout_s=timeout))
+        return [
+            KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value, {k: bytes(v) for k, v in r.headers})
+            for r in records
+        ]
 
     def table_states(self) -> dict[str, ChannelState]:
         """The channel-state table as its changelog holds it: the last value per key."""
