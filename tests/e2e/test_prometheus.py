@@ -66,8 +66,11 @@ def test_prometheus_scrapes_the_worker_and_every_expression_evaluates(
         result = pipeline.replay(scale=0.02, seed=3, batch=50, speed=285 * 60 / 20)
         summary = result.oracle.summary()
         pipeline.wait_redis_summary(CAMPAIGN, summary)
-        served = parse_metrics(pipeline.metrics_text())
+        text = pipeline.metrics_text()
+        served = parse_metrics(text)
         assert served["livestream_views_total"] == summary["views"]
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, check=False)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
 
         # Prometheus has scraped the final values: the fair totals equal the oracle.
         def scraped(expr: str, value: int) -> bool:
