@@ -38,15 +38,15 @@ class _State:
 @app.callback()
 def _global(
     kafka: Annotated[
-        str | None, typer.Option(help="Kafka bootstrap host:port [env LIVESTREAM_KAFKA_BOOTSTRAP]")
+        str | None, typer.Option(help="Kafka bootstrap host:port (env LIVESTREAM_KAFKA_BOOTSTRAP)")
     ] = None,
-    redis_url: Annotated[str | None, typer.Option(help="Redis URL [env LIVESTREAM_REDIS_URL]")] = None,
+    redis_url: Annotated[str | None, typer.Option(help="Redis URL (env LIVESTREAM_REDIS_URL)")] = None,
     namespace: Annotated[
-        str | None, typer.Option(help="prefix of topics, consumer group, Redis keys [env LIVESTREAM_NAMESPACE]")
+        str | None, typer.Option(help="prefix of topics, consumer group, Redis keys (env LIVESTREAM_NAMESPACE)")
     ] = None,
-    web_port: Annotated[int | None, typer.Option(help="worker HTTP port [env LIVESTREAM_WEB_PORT]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="worker state dir [env LIVESTREAM_DATA_DIR]")] = None,
-    partitions: Annotated[int | None, typer.Option(help="events topic partitions [env LIVESTREAM_PARTITIONS]")] = None,
+    web_port: Annotated[int | None, typer.Option(help="worker HTTP port (env LIVESTREAM_WEB_PORT)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="worker state dir (env LIVESTREAM_DATA_DIR)")] = None,
+    partitions: Annotated[int | None, typer.Option(help="events topic partitions (env LIVESTREAM_PARTITIONS)")] = None,
 ) -> None:
     given = {
         "kafka_bootstrap": kafka,

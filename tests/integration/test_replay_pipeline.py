@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import msgspec
 import pytest
 
@@ -95,6 +99,21 @@ def test_garbage_goes_to_dead_letters_and_the_worker_keeps_counting(pipeline: Pi
     expected = dict(first.oracle.summary())
     expected["views"] += len(after)
     pipeline.wait_redis_summary(CAMPAIGN, expected)
+
+    # The operators' CLI reads the same numbers back from Redis.
+    cli = subprocess.run(
+        [sys.executable, "-m", "livestream", "--namespace", pipeline.namespace, "stats", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    totals = json.loads(cli.stdout)[CAMPAIGN]["totals"]
+    assert (totals["views"], totals["orders_paid"], totals["gmv_vnd"]) == (
+        expected["views"],
+        expected["orders"],
+        expected["gmv_vnd"],
+    )
 
     dead = pipeline.read_topic(pipeline.settings().dlq_topic)
     assert [r.headers["error"] for r in dead] == [b"bad_json", b"null_value", b"unknown_type"]
