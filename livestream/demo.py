@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from aiokafka.admin import AIOKafkaAdminClient
 
 from agents.startup import ensure_topics
 from livestream import readback, services
@@ -50,6 +53,42 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "livestream", "worker"], env=env, stdout=out, stderr=subprocess.STDOUT
         )
+
+
+async def _delete_topics(bootstrap: str, prefix_pattern: re.Pattern[str], keep: str) -> list[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        old = [t for t in await admin.list_topics() if prefix_pattern.match(t) and not t.startswith(keep)]
+        if old:
+            await admin.delete_topics(old)
+        return old
+    finally:
+        await admin.close()
+
+
+def remove_earlier_demos(settings: Settings) -> None:
+    """Delete the topics, Redis keys and state folders of earlier ``demo<unix time>`` namespaces (best effort)."""
+    pattern = re.compile(r"^demo\d+[.-]")
+    try:
+        topics = asyncio.run(_delete_topics(settings.kafka_bootstrap, pattern, settings.namespace))
+        client = redis.Redis.from_url(settings.redis_url)
+        key_pattern = re.compile(r"^demo\d+:")
+        keys = [
+            k
+            for k in client.scan_iter("demo*", count=1000)
+            if key_pattern.match(k.decode(errors="replace"))
+            and not k.decode(errors="replace").startswith(settings.redis_prefix)
+        ]
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+        for folder in Path(".cache/demo").glob("demo*"):
+            if folder.name != settings.namespace:
+                shutil.rmtree(folder, ignore_errors=True)
+        if topics or keys:
+            log(f"removed {len(topics)} topics and {len(keys)} Redis keys of earlier demos")
+    except Exception as exc:
+        log(f"could not remove earlier demos: {exc!r}")
 
 
 def port_in_use(port: int) -> bool:
@@ -123,6 +162,8 @@ def run_demo(
     )
     log("starting services")
     services.up()
+    if not overrides.get("namespace"):
+        remove_earlier_demos(settings)
     profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
     asyncio.run(ensure_topics(settings))
     if port_in_use(settings.web_port):
