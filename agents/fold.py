@@ -67,6 +67,19 @@ def raw_bytes() -> faust.Schema:
     return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
+def raw_table(app: faust.App, name: str, partitions: int, help_text: str) -> Any:
+    """A RocksDB-backed table of raw bytes (key and value types must be set on the Table itself)."""
+    return app.Table(
+        name,
+        default=None,
+        partitions=partitions,
+        help=help_text,
+        key_type=bytes,
+        value_type=bytes,
+        schema=raw_bytes(),
+    )
+
+
 def window_spec(settings: Settings) -> WindowSpec:
     return WindowSpec(
         size_ms=settings.window_size_s * 1000,
@@ -95,36 +108,16 @@ class Fold:
                 settings.stats_hop_topic, partitions=parts, schema=raw_bytes()
             ),
         }
-        self.table = app.Table(
-            "channel-state",
-            default=None,
-            partitions=parts,
-            help="ChannelState per livestream",
-            key_type=bytes,
-            value_type=bytes,
-            schema=raw_bytes(),
+        self.table = raw_table(app, "channel-state", parts, "ChannelState per livestream")
+        self.states = PartitionedTable(self.table)
+        self.ids_table = raw_table(
+            app, "event-ids", parts, "applied event ids per livestream and event-time minute (dedup of retries)"
         )
-        self.states = PartitionedTable(self.table)  # type: ignore[arg-type]
-        self.ids_table = app.Table(
-            "event-ids",
-            default=None,
-            partitions=parts,
-            help="applied event ids per livestream and event-time minute (dedup of client retries)",
-            key_type=bytes,
-            value_type=bytes,
-            schema=raw_bytes(),
+        self.id_rows = PartitionedTable(self.ids_table)
+        self.cursor_table = raw_table(
+            app, "partition-cursor", parts, "offset of the last events record processed, per partition"
         )
-        self.id_rows = PartitionedTable(self.ids_table)  # type: ignore[arg-type]
-        self.cursor_table = app.Table(
-            "partition-cursor",
-            default=None,
-            partitions=parts,
-            help="offset of the last events record processed, per partition (gap detection)",
-            key_type=bytes,
-            value_type=bytes,
-            schema=raw_bytes(),
-        )
-        self.cursor_rows = PartitionedTable(self.cursor_table)  # type: ignore[arg-type]
+        self.cursor_rows = PartitionedTable(self.cursor_table)
         self.cursors: dict[int, int] = {}
         self.app = app
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])

@@ -102,26 +102,12 @@ def replay(
     batch: Annotated[int, typer.Option(help="events per batch envelope record (1 = one event per record)")] = 500,
 ) -> None:
     """Replay the OCOP fair into the events topic; the last line is the oracle (expected totals) as JSON."""
-    from agents.startup import ensure_topics
-    from livestream.producer import produce_replay, progress_printer
-    from stream.replay.generator import FairReplay
-    from stream.replay.profile import OCOP_FAIR, scaled
+    from livestream.producer import replay_fair
 
     settings = _State.settings()
-    profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
-    fair = FairReplay(profile, seed)
-    minutes = (profile.end_ms - profile.start_ms) // 60_000
 
     async def run() -> None:
-        await ensure_topics(settings)
-        result = await produce_replay(
-            fair,
-            settings.kafka_bootstrap,
-            settings.events_topic,
-            batch=batch,
-            speed=speed,
-            on_minute=progress_printer(minutes),
-        )
+        result = await replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True)
         line = {
             **result.oracle.summary(),
             "events": result.events,

@@ -27,8 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from agents.startup import ensure_topics
 from livestream import readback, services
 from livestream.lag import consumer_lag
-from livestream.producer import produce_replay, progress_printer
-from stream.replay.generator import FairReplay
+from livestream.producer import replay_fair
 from stream.replay.profile import OCOP_FAIR, scaled
 from stream.settings import Settings
 
@@ -174,18 +173,7 @@ def run_demo(
         wait_http(f"http://127.0.0.1:{settings.web_port}/api/totals", 120, worker)
         log(f"worker up (namespace {namespace}, http://127.0.0.1:{settings.web_port}/metrics); replaying the fair")
         started = time.monotonic()
-        fair = FairReplay(profile, seed)
-        minutes = (profile.end_ms - profile.start_ms) // 60_000
-        result = asyncio.run(
-            produce_replay(
-                fair,
-                settings.kafka_bootstrap,
-                settings.events_topic,
-                batch=batch,
-                speed=speed,
-                on_minute=progress_printer(minutes),
-            )
-        )
+        result = asyncio.run(replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True))
         expected = result.oracle.summary()
         log(
             f"produced {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s; "

@@ -17,9 +17,12 @@ from dataclasses import dataclass
 import msgspec
 from aiokafka import AIOKafkaProducer
 
+from agents.startup import ensure_topics
 from schemas.events import Batch
 from stream.replay.generator import FairReplay
 from stream.replay.oracle import Oracle
+from stream.replay.profile import OCOP_FAIR, scaled
+from stream.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
 
@@ -88,6 +91,23 @@ async def produce_replay(
     finally:
         await producer.stop()
     return ReplayResult(oracle=replay.oracle, records=records, events=events, seconds=time.monotonic() - started)
+
+
+async def replay_fair(
+    settings: Settings, *, scale: float, seed: int, batch: int, speed: float = 0.0, progress: bool = False
+) -> ReplayResult:
+    """Create the topics if needed and produce the (scaled) OCOP fair to the settings' events topic."""
+    profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
+    minutes = (profile.end_ms - profile.start_ms) // 60_000
+    await ensure_topics(settings)
+    return await produce_replay(
+        FairReplay(profile, seed),
+        settings.kafka_bootstrap,
+        settings.events_topic,
+        batch=batch,
+        speed=speed,
+        on_minute=progress_printer(minutes) if progress else None,
+    )
 
 
 def progress_printer(total_minutes: int) -> Callable[[int, int], None]:

@@ -27,9 +27,7 @@ from agents.startup import ensure_topics
 from agents.topic_reader import read_to_end
 from livestream import readback
 from livestream.lag import consumer_lag
-from livestream.producer import ReplayResult, produce_replay
-from stream.replay.generator import FairReplay
-from stream.replay.profile import OCOP_FAIR, scaled
+from livestream.producer import ReplayResult, replay_fair
 from stream.settings import Settings
 from stream.state import ChannelState, decode_state
 
@@ -138,11 +136,8 @@ class Pipeline:
     def prepare(self) -> None:
         asyncio.run(ensure_topics(self.settings()))
 
-    def replay(self, scale: float, seed: int = 7, batch: int = 1, **kwargs: Any) -> ReplayResult:
-        fair = FairReplay(scaled(OCOP_FAIR, scale), seed)
-        settings = self.settings()
-        asyncio.run(ensure_topics(settings))
-        return asyncio.run(produce_replay(fair, settings.kafka_bootstrap, settings.events_topic, batch=batch, **kwargs))
+    def replay(self, scale: float, seed: int = 7, batch: int = 1, speed: float = 0.0) -> ReplayResult:
+        return asyncio.run(replay_fair(self.settings(), scale=scale, seed=seed, batch=batch, speed=speed))
 
     def produce_raw(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
         settings = self.settings()
