@@ -11,19 +11,41 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 
 from agents.topic_reader import read_to_end
-from schemas.stats import WindowStats
+from schemas.alerts import AlertRecord
+from schemas.stats import CampaignWindowStats, WindowStats
 
 log = logging.getLogger(__name__)
 
 
+def window_identity(value: bytes) -> tuple[str, int, int]:
+    """(livestream, size, start) of a ``WindowStats`` record value."""
+    window = msgspec.json.decode(value, type=WindowStats)
+    return window.channel_id, window.window_end_ms - window.window_start_ms, window.window_start_ms
+
+
+def campaign_window_identity(value: bytes) -> tuple[str, int, int]:
+    """(campaign, size, start) of a ``CampaignWindowStats`` record value."""
+    window = msgspec.json.decode(value, type=CampaignWindowStats)
+    return window.campaign, window.window_end_ms - window.window_start_ms, window.window_start_ms
+
+
 class EmittedIndex:
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
+    """Newest emitted window start per (subject, window size), read back from the given compacted topics."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: list[str],
+        identity: Callable[[bytes], tuple[str, int, int]] = window_identity,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
+        self.identity = identity
         self.newest: dict[tuple[str, int], int] = {}
         self.loaded: set[int] = set()
 
@@ -48,10 +70,42 @@ class EmittedIndex:
         for topic in self.topics:
             for record in await read_to_end(self.bootstrap, topic, partitions):
                 if record.value is not None:
-                    window = msgspec.json.decode(record.value, type=WindowStats)
-                    self.mark(window.channel_id, window.window_end_ms - window.window_start_ms, window.window_start_ms)
+                    self.mark(*self.identity(record.value))
                     count += 1
         self.loaded |= partitions
         log.info(
             "read %d emitted windows of partitions %s in %.2f s", count, sorted(partitions), time.monotonic() - started
         )
+
+
+class AlertIndex:
+    """Alert transitions (``alert_id``, ``status``) already on the alerts topic, read back per partition.
+
+    An alert change redone after a crash (its state change was lost, the record was not) is then not published
+    twice. Alert records of a livestream go to its events partition, so each owner reads only its own.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.seen: set[tuple[str, str]] = set()
+        self.loaded: set[int] = set()
+
+    def already_emitted(self, alert_id: str, status: str) -> bool:
+        return (alert_id, status) in self.seen
+
+    def mark(self, alert_id: str, status: str) -> None:
+        self.seen.add((alert_id, status))
+
+    def forget(self, partitions: set[int]) -> None:
+        self.loaded -= partitions
+
+    async def load(self, partitions: set[int]) -> None:
+        partitions = partitions - self.loaded
+        if not partitions:
+            return
+        for record in await read_to_end(self.bootstrap, self.topic, partitions):
+            if record.value is not None:
+                alert = msgspec.json.decode(record.value, type=AlertRecord)
+                self.mark(alert.alert_id, alert.status)
+        self.loaded |= partitions

@@ -29,10 +29,13 @@ import msgspec
 from faust.types import TP, EventT
 
 from agents.dlq import send_dead_letter
-from agents.emitted import EmittedIndex
+from agents.emitted import AlertIndex, EmittedIndex
 from agents.table_context import PartitionedTable
 from agents.topic_reader import read_range
+from schemas.alerts import AlertRecord
 from schemas.stats import WindowStats
+from stream import campaign
+from stream.alerts import AlertChange, evaluate_closed_window, evaluate_silence, load_rules, resolve_if_active
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
 from stream.snapshot import ClosedWindow, LiveSnapshot
@@ -121,10 +124,20 @@ class Fold:
         self.cursors: dict[int, int] = {}
         self.app = app
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
+        self.rules = load_rules(settings.alert_rules)
+        self.alerts_topic = app.topic(settings.alerts_topic, partitions=parts, schema=raw_bytes())
+        self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
+        self.campaign_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
+        self.partition_clock: dict[int, int] = {}
+        """Newest event time applied per owned events partition (the stream-down clock)."""
+        self.scanned_at: dict[int, int] = {}
+        self.progress_sent: dict[int, int] = {}
 
     async def process_batch(self, batch: list[EventT]) -> None:
         settings, live, spec = self.settings, self.live, self.spec
-        await self.emitted.load({event.message.partition for event in batch})
+        batch_partitions = {event.message.partition for event in batch}
+        await self.emitted.load(batch_partitions)
+        await self.alert_index.load(batch_partitions)
         now_ms = int(time.time() * 1000)
         bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
         effects = FoldEffects()
@@ -181,13 +194,28 @@ class Fold:
                     touched[channel_id] = (self._state(channel_id, tick, touched), tick)
                     idle_at[channel_id] = int(tick.message.timestamp * 1000)
 
+        changes = self._silences(batch, ticks, touched)
         finals: list[tuple[ClosedWindow, int]] = []
+        copies: list[campaign.ChannelWindowCopy] = []
         for channel_id, (state, source) in touched.items():
+            partition = source.message.partition
+            if channel_id in effects.touched:
+                back = resolve_if_active(state, self.rules)
+                if back is not None:
+                    changes.append((back, partition))
             mark = idle_watermark(state, spec, idle_at[channel_id]) if channel_id in idle_at else watermark(state, spec)
             for window in close_windows(state, mark, spec):
                 closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
-                finals.append((closed, source.message.partition))
+                finals.append((closed, partition))
+                one_minute = window.size_ms == spec.size_ms
+                changes.extend((c, partition) for c in evaluate_closed_window(state, window, self.rules, one_minute))
+                if one_minute:
+                    copies.append(
+                        campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
+                    )
         await self._emit(finals, now_ms)
+        await self._emit_alerts(changes, now_ms)
+        await self._send_copies(copies)
 
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
@@ -201,7 +229,7 @@ class Fold:
             self.id_rows.set(row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), touched[channel_id][1])
         for channel_id, bucket in ids.dropped:
             self.id_rows.delete(id_row_key(channel_id, bucket), touched[channel_id][1])
-        closed_channels = {closed.channel_id for closed, _ in finals}
+        closed_channels = {closed.channel_id for closed, _ in finals} | {c.channel_id for c, _ in changes}
         for channel_id, (state, source) in touched.items():
             if channel_id in effects.touched or channel_id in closed_channels or channel_id not in live.channels:
                 self.states.set(channel_id.encode(), encode_state(state), source)
@@ -214,8 +242,102 @@ class Fold:
         live.redelivered_records += effects.redelivered_records
         live.duplicate_events += effects.duplicate_events
         live.late_events += len(effects.late)
+        for change, _ in changes:
+            (live.alerts_fired if change.status == "firing" else live.alerts_resolved)[change.rule] += 1
         for late_event in effects.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
+        await self._send_progress(batch_partitions)
+
+    def _silences(
+        self, batch: list[EventT], ticks: dict[int, EventT], touched: dict[str, tuple[ChannelState, EventT]]
+    ) -> list[tuple[AlertChange, int]]:
+        """``stream_down`` checks of this batch's partitions (see :func:`stream.alerts.evaluate_silence`).
+
+        The clock of a partition is the newest event time applied on it; at an idle tick a livestream's own clock
+        also runs on with the wall time since its last record (a tick is processed after every record produced
+        before it). A partition is scanned when its clock moved by a second or more, and at every tick.
+        """
+        rule = self.rules.stream_down
+        if not rule.enabled:
+            return []
+        live, silence_ms = self.live, rule.silence_s * 1000
+        sources: dict[int, EventT] = {event.message.partition: event for event in batch}
+        for state, _ in touched.values():
+            if state.max_ts_ms > self.partition_clock.get(state.partition, -1):
+                self.partition_clock[state.partition] = state.max_ts_ms
+        changes: list[tuple[AlertChange, int]] = []
+        for partition, source in sources.items():
+            clock = self.partition_clock.get(partition, -1)
+            tick = ticks.get(partition)
+            if tick is None and clock - self.scanned_at.get(partition, -(1 << 62)) < 1000:
+                continue
+            self.scanned_at[partition] = clock
+            tick_ms = int(tick.message.timestamp * 1000) if tick is not None else -1
+            candidates = {cid: entry[0] for cid, entry in touched.items() if entry[0].partition == partition}
+            for channel_id, state in live.channels.items():
+                if state.partition == partition and channel_id not in candidates:
+                    candidates[channel_id] = state
+            for channel_id, state in candidates.items():
+                if "stream_down" in state.alerts or state.ended_ms >= 0 or state.concurrent < rule.min_viewers:
+                    continue
+                own_clock = clock
+                if tick_ms >= 0 and state.last_wall_ms >= 0:
+                    own_clock = max(own_clock, state.max_ts_ms + tick_ms - state.last_wall_ms)
+                if own_clock - state.max_ts_ms < silence_ms:
+                    continue
+                current = self._state(channel_id, source, touched)
+                change = evaluate_silence(current, own_clock, self.rules)
+                if change is not None:
+                    touched[channel_id] = (current, source)
+                    changes.append((change, partition))
+        return changes
+
+    async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> None:
+        """Publish alert transitions not published before, and wait until Kafka has them."""
+        pending = []
+        for change, partition in changes:
+            if self.alert_index.already_emitted(change.alert_id, change.status):
+                continue
+            record = AlertRecord.from_change(change, emitted_at_ms=now_ms)
+            log.info("alert %s %s: %s", change.status, change.alert_id, change.summary)
+            pending.append(
+                await self.alerts_topic.send(
+                    key=change.alert_id.encode(), value=_stats_encoder.encode(record), partition=partition, force=True
+                )
+            )
+            self.alert_index.mark(change.alert_id, change.status)
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _send_copies(self, copies: list[campaign.ChannelWindowCopy]) -> None:
+        """Final 1-minute windows to the campaign aggregator (sent again after a crash; it ignores repeats)."""
+        pending = [
+            await self.campaign_topic.send(key=c.campaign.encode(), value=campaign.encode(c), partition=0, force=True)
+            for c in copies
+        ]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _send_progress(self, partitions: set[int]) -> None:
+        """Tell the campaign aggregator how far each of these partitions has settled (when it changed).
+
+        Only once the live snapshot holds every owned livestream (``ready``): before that a livestream with an open
+        window could be missing from ``open_bounds`` and the progress would run ahead of it.
+        """
+        if not self.live.ready:
+            return
+        pending = []
+        for partition in sorted(partitions):
+            settled = campaign.settled_through(self.live.open_bounds.get(partition, {}))
+            if self.progress_sent.get(partition) == settled:
+                continue
+            marker = campaign.PartitionProgress(partition, settled)
+            pending.append(
+                await self.campaign_topic.send(key=b"progress", value=campaign.encode(marker), partition=0, force=True)
+            )
+            self.progress_sent[partition] = settled
+        if pending:
+            await asyncio.gather(*pending)
 
     async def _missing(self, partition: int, offset: int, source: EventT) -> list[Any]:
         """Records of ``partition`` between the last one processed and ``offset`` that never arrived (usually none).
@@ -293,7 +415,11 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
         live.drop_partitions(partitions)
         for partition in partitions:
             fold.cursors.pop(partition, None)
+            fold.partition_clock.pop(partition, None)
+            fold.scanned_at.pop(partition, None)
+            fold.progress_sent.pop(partition, None)
         fold.emitted.forget(partitions)
+        fold.alert_index.forget(partitions)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resync_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:

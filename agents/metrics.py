@@ -138,6 +138,17 @@ class SnapshotCollector(Collector):
         )
         yield CounterMetricFamily("livestream_redis_errors", "Failed Redis mirror flushes", value=live.redis_errors)
         yield CounterMetricFamily("livestream_redis_flushes", "Redis mirror flushes", value=live.redis_flushes)
+        firing = GaugeMetricFamily(
+            "livestream_alerts_firing", "Active alerts of the livestreams and campaigns owned here", labels=["rule"]
+        )
+        fired = CounterMetricFamily(
+            "livestream_alerts", "Alert firing records published by this worker", labels=["rule"]
+        )
+        for rule, count in live.alerts_firing().items():
+            firing.add_metric([rule], count)
+            fired.add_metric([rule], live.alerts_fired.get(rule, 0))
+        yield firing
+        yield fired
         lag = GaugeMetricFamily(
             "livestream_consumer_lag_records",
             "Records of an owned events partition not processed yet",

@@ -10,7 +10,10 @@ Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
   ``:viewers`` HyperLogLog of the campaign's viewers;
 - ``P channel:<id>`` hash of stream-to-date counters and gauges; ``P channel:<id>:viewers`` HyperLogLog;
 - ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed);
-  ``P channel:<id>:w5m:<start_ms>`` the final 5-minute hopping windows.
+  ``P channel:<id>:w5m:<start_ms>`` the final 5-minute hopping windows;
+- ``P campaign:<c>:w1m:<start_ms>`` hash of one final campaign window (``livestreams``, counters);
+- ``P alerts:active`` hash ``rule|subject`` -> JSON :class:`~schemas.alerts.AlertRecord` of every active alert
+  (subject: livestream, or campaign for ``gmv_milestone``); a resolved alert's field is deleted.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import time
 from typing import Any
 
 import faust
+import msgspec
 import redis.asyncio as aioredis
 
+from schemas.alerts import AlertRecord
+from stream.alerts import RULES, alert_id
 from stream.settings import Settings
 from stream.snapshot import ClosedWindow, LiveSnapshot
 from stream.state import ChannelState, Counters
@@ -50,6 +56,36 @@ class RedisKeys:
     def window(self, channel_id: str, start_ms: int, size_ms: int = 60_000) -> str:
         return f"{self.prefix}channel:{channel_id}:w{size_ms // 60_000}m:{start_ms}"
 
+    def campaign_window(self, campaign: str, start_ms: int) -> str:
+        return f"{self.prefix}campaign:{campaign}:w1m:{start_ms}"
+
+    def active_alerts(self) -> str:
+        return f"{self.prefix}alerts:active"
+
+
+CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
+
+
+def channel_alert_records(state: ChannelState) -> dict[str, AlertRecord]:
+    """The active alerts of a livestream as records, by ``rule|channel`` field."""
+    return {
+        f"{rule}|{state.channel_id}": AlertRecord(
+            alert_id=alert_id(rule, state.channel_id, alert.window_start_ms),
+            rule=rule,  # type: ignore[arg-type]
+            status="firing",
+            severity=alert.severity,
+            channel_id=state.channel_id,
+            campaign=state.campaign,
+            window_start_ms=alert.window_start_ms,
+            at_ms=alert.fired_at_ms,
+            value=alert.value,
+            threshold=alert.threshold,
+            summary=alert.summary,
+            emitted_at_ms=0,
+        )
+        for rule, alert in state.alerts.items()
+    }
+
 
 def channel_hash(state: ChannelState, unique_viewers: int) -> dict[Any, str | int]:
     fields: dict[Any, str | int] = dict(state.totals.as_dict())
@@ -63,6 +99,8 @@ def channel_hash(state: ChannelState, unique_viewers: int) -> dict[Any, str | in
         first_ts_ms=state.first_ts_ms,
         last_ts_ms=state.last_ts_ms,
         late_events=state.late_events,
+        ended=int(state.ended_ms >= 0),
+        active_alerts=",".join(sorted(state.alerts)),
         updated_at_ms=int(time.time() * 1000),
     )
     return fields
@@ -81,16 +119,22 @@ class RedisMirror:
         self.window_size_ms = settings.window_size_s * 1000
         self.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self._failing = False
+        self._campaigns_with_alerts: set[str] = set()
 
     async def flush(self) -> None:
         """Write everything pending; on failure give it back to the snapshot for the next tick."""
         dirty, viewers, closed = self.live.take_dirty()
-        if not dirty and not viewers and not closed:
+        campaign_windows, self.live.pending_campaign = self.live.pending_campaign, []
+        campaign_alerts, self.live.campaign_alerts_dirty = self.live.campaign_alerts_dirty, False
+        if not dirty and not viewers and not closed and not campaign_windows and not campaign_alerts:
             return
         try:
             await self._write(dirty, viewers, closed)
+            await self._write_campaign(campaign_windows, campaign_alerts)
         except Exception as exc:
             self.live.restore(dirty, viewers, closed)
+            self.live.pending_campaign = campaign_windows + self.live.pending_campaign
+            self.live.campaign_alerts_dirty |= campaign_alerts
             self.live.redis_errors += 1
             if not self._failing:
                 log.warning("Redis write failed, will retry every tick: %r", exc)
@@ -138,6 +182,13 @@ class RedisMirror:
             pipe.zadd(keys.campaign(campaign, "gmv"), {cid: states[cid].totals.gmv_vnd for cid in channel_ids})
         for channel_id, state in states.items():
             pipe.hset(keys.channel(channel_id), mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
+            active = channel_alert_records(state)
+            for rule in CHANNEL_RULES:
+                field = f"{rule}|{channel_id}"
+                if field in active:
+                    pipe.hset(keys.active_alerts(), field, msgspec.json.encode(active[field]))
+                else:
+                    pipe.hdel(keys.active_alerts(), field)
             for start_ms, counters in state.windows.items():
                 key = keys.window(channel_id, start_ms)
                 pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
@@ -146,6 +197,26 @@ class RedisMirror:
             key = keys.window(window.channel_id, window.start_ms, window.size_ms)
             pipe.hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
             pipe.expire(key, WINDOW_TTL_S)
+        await pipe.execute()
+
+    async def _write_campaign(self, windows: list[tuple[str, int, Counters, int]], alerts_changed: bool) -> None:
+        keys, pipe = self.keys, self.client.pipeline(transaction=False)
+        for campaign, start_ms, counters, livestreams in windows:
+            key = keys.campaign_window(campaign, start_ms)
+            fields = window_hash(counters, start_ms, self.window_size_ms, final=True)
+            fields["livestreams"] = livestreams
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, WINDOW_TTL_S)
+        if alerts_changed:
+            active = self.live.campaign_alerts
+            for campaign in self._campaigns_with_alerts | set(active):
+                field = f"gmv_milestone|{campaign}"
+                record = active.get(campaign, {}).get("gmv_milestone")
+                if record is not None:
+                    pipe.hset(keys.active_alerts(), field, msgspec.json.encode(record))
+                else:
+                    pipe.hdel(keys.active_alerts(), field)
+            self._campaigns_with_alerts = set(active)
         await pipe.execute()
 
     async def close(self) -> None:

@@ -29,6 +29,9 @@ async def ensure_topics(settings: Settings) -> None:
             NewTopic(settings.events_topic, settings.partitions, 1),
             NewTopic(settings.stats_1m_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(settings.stats_hop_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(settings.campaign_stats_topic, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic(settings.campaign_input_topic, 1, 1),
+            NewTopic(settings.alerts_topic, settings.partitions, 1),
             NewTopic(settings.dlq_topic, 1, 1),
             NewTopic(settings.late_topic, 1, 1),
         ]
@@ -49,6 +52,7 @@ async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
     await consumer.start()
     try:
         tps = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
+        tps.append(TopicPartition(settings.campaign_input_topic, 0))
         consumer.assign(tps)
         uncommitted = [tp for tp in tps if await consumer.committed(tp) is None]
         if not uncommitted:
@@ -56,7 +60,7 @@ async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
         beginnings = await consumer.beginning_offsets(uncommitted)
         await consumer.commit({tp: beginnings[tp] for tp in uncommitted})
         log.info("committed starting offsets for a new group: %s", beginnings)
-        return {tp.partition: offset for tp, offset in beginnings.items()}
+        return {tp.partition: offset for tp, offset in beginnings.items() if tp.topic == settings.events_topic}
     finally:
         await consumer.stop()
 

@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from agents import api, fold, metrics, redis_mirror
+from agents import api, campaign, fold, metrics, redis_mirror
 from agents.startup import prepare_kafka
 from stream.app import create_app
 from stream.settings import Settings
@@ -18,6 +18,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     app = create_app(settings)
     live = LiveSnapshot()
     fold.register(app, settings, live)
+    campaign.register(app, settings, live)
     redis_mirror.register(app, settings, live)
     metrics.register(app, settings, live)
     api.register(app, settings, live)

@@ -82,8 +82,16 @@ class Order(EventBase, frozen=True, kw_only=True, tag="order"):
     status: OrderStatus
 
 
-Event = View | Leave | Comment | Like | Share | AddToCart | Order
-EVENT_TYPES: Final = (View, Leave, Comment, Like, Share, AddToCart, Order)
+class LiveEnd(EventBase, frozen=True, kw_only=True, tag="live_end"):
+    """The livestream ended (the platform's end-of-live signal); ``user_id`` is the host who ended it.
+
+    A livestream that ended is not *down*: silence after it raises no stream-down alert. A later event of the
+    same livestream (a restart) makes it live again.
+    """
+
+
+Event = View | Leave | Comment | Like | Share | AddToCart | Order | LiveEnd
+EVENT_TYPES: Final = (View, Leave, Comment, Like, Share, AddToCart, Order, LiveEnd)
 EVENT_TYPE_NAMES: Final = tuple(t.__struct_config__.tag for t in EVENT_TYPES)
 
 

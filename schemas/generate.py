@@ -8,14 +8,17 @@ from typing import Any
 
 import msgspec
 
+from schemas.alerts import AlertRecord
 from schemas.events import Batch, Record
-from schemas.stats import WindowStats
+from schemas.stats import CampaignWindowStats, WindowStats
 
 JSON_DIR = Path(__file__).resolve().parent / "json"
 SCHEMAS: dict[str, Any] = {
     "event.v1": Record,
     "batch.v1": Batch,
     "window-stats.v1": WindowStats,
+    "campaign-window-stats.v1": CampaignWindowStats,
+    "alert.v1": AlertRecord,
 }
 
 

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     max_future_s: int = Field(3600, ge=0, description="events further ahead of wall clock are dead letters")
     max_past_days: int = Field(3650, ge=0, description="events older than this are dead letters")
 
+    # Alerts.
+    alert_rules: Path | None = Field(
+        None, description="TOML file of alert rule thresholds (default: built-in, as in deploy/alerts.toml)"
+    )
+
     # Metrics.
     top_k_channels: int = Field(20, ge=0, description="per-livestream Prometheus series for the top K by GMV")
 
@@ -71,6 +76,18 @@ class Settings(BaseSettings):
     @property
     def stats_hop_topic(self) -> str:
         return f"{self.namespace}.stats.{self.window_size_s * self.hop_windows // 60}m"
+
+    @property
+    def alerts_topic(self) -> str:
+        return f"{self.namespace}.alerts"
+
+    @property
+    def campaign_input_topic(self) -> str:
+        return f"{self.namespace}.campaign-input"
+
+    @property
+    def campaign_stats_topic(self) -> str:
+        return f"{self.namespace}.campaign-stats.1m"
 
     @property
     def app_id(self) -> str:

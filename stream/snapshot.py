@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from schemas.alerts import AlertRecord
+from stream.alerts import RULES
 from stream.state import COUNTER_FIELDS, ChannelState, Counters
 
 
@@ -36,6 +38,18 @@ class LiveSnapshot:
     unique_viewers: dict[str, int] = field(default_factory=dict)
     """Latest HyperLogLog estimate per channel id and per ``campaign:<name>``, refreshed by the Redis mirror."""
 
+    open_bounds: dict[int, dict[str, int]] = field(default_factory=dict)
+    """Per events partition: ``closed_through_ms`` of each owned livestream that has an open window (campaign
+    progress, :func:`stream.campaign.settled_through`)."""
+    campaign_alerts: dict[str, dict[str, AlertRecord]] = field(default_factory=dict)
+    """Active campaign alerts by campaign and rule (owned by the worker running the campaign aggregator)."""
+    campaign_alerts_dirty: bool = False
+    pending_campaign: list[tuple[str, int, Counters, int]] = field(default_factory=list)
+    """Final campaign windows (campaign, start, counters, livestreams) not yet written to Redis."""
+    alerts_fired: Counter[str] = field(default_factory=Counter)
+    """Firing alert records published by this worker, by rule."""
+    alerts_resolved: Counter[str] = field(default_factory=Counter)
+
     ready: bool = False
     """True once this worker owns partitions, recovered its tables and loaded their states."""
     resync_pending: bool = False
@@ -59,6 +73,22 @@ class LiveSnapshot:
     def update(self, state: ChannelState) -> None:
         self.channels[state.channel_id] = state
         self.dirty.add(state.channel_id)
+        bounds = self.open_bounds.setdefault(state.partition, {})
+        if state.windows:
+            bounds[state.channel_id] = state.closed_through_ms
+        else:
+            bounds.pop(state.channel_id, None)
+
+    def alerts_firing(self) -> dict[str, int]:
+        """Active alerts by rule: of the livestreams this worker owns, and of the campaigns it aggregates."""
+        firing: dict[str, int] = dict.fromkeys(RULES, 0)
+        for state in self.channels.values():
+            for rule in state.alerts:
+                firing[rule] = firing.get(rule, 0) + 1
+        for active in self.campaign_alerts.values():
+            for rule in active:
+                firing[rule] = firing.get(rule, 0) + 1
+        return firing
 
     def add_viewers(self, viewers: dict[str, list[str]]) -> None:
         for channel_id, ids in viewers.items():
@@ -80,6 +110,7 @@ class LiveSnapshot:
         """Forget channels of partitions this worker no longer owns."""
         for partition in partitions:
             self.lag.pop(partition, None)
+            self.open_bounds.pop(partition, None)
         for channel_id in [c for c, s in self.channels.items() if s.partition in partitions]:
             del self.channels[channel_id]
             self.dirty.discard(channel_id)

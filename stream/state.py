@@ -23,7 +23,8 @@ from typing import Final
 
 import msgspec
 
-from schemas.events import AddToCart, Comment, Event, Leave, Like, Order, Share, View
+from schemas.events import AddToCart, Comment, Event, Leave, Like, LiveEnd, Order, Share, View
+from stream.alerts import ActiveAlert, fold_text
 from stream.windows import tumbling_start
 
 
@@ -83,6 +84,22 @@ class ChannelState(msgspec.Struct):
     redelivered_records: int = 0
     last_wall_ms: int = -1
     """Wall-clock time the last applied record was produced (its Kafka timestamp); drives the idle watermark."""
+    ended_ms: int = -1
+    """Event time of the livestream's ``live_end`` (-1 while live; a later event makes it live again)."""
+    alerts: dict[str, ActiveAlert] = msgspec.field(default_factory=dict)
+    """Active (fired, not yet resolved) alerts of this livestream by rule (see :mod:`stream.alerts`)."""
+    closed_concurrent: int = 0
+    """Concurrent viewers at the end of the newest closed 1-minute window (views - leaves of closed windows)."""
+    recent_concurrent: dict[int, int] = msgspec.field(default_factory=dict)
+    """``closed_concurrent`` at the end of each recent closed window, by window start (viewer-drop memory)."""
+    recent_paid: dict[int, int] = msgspec.field(default_factory=dict)
+    """Paid orders of each recent closed window, by window start (order-surge memory)."""
+    first_window_ms: int = -1
+    """Start of the first closed 1-minute window."""
+    comment_users: dict[int, dict[str, int]] = msgspec.field(default_factory=dict)
+    """Comments per user in each open 1-minute window (comment-spam memory, dropped when the window closes)."""
+    comment_texts: dict[int, dict[str, int]] = msgspec.field(default_factory=dict)
+    """Comments per folded text (:func:`stream.alerts.fold_text`) in each open 1-minute window."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +120,16 @@ class WindowSpec:
 
 @dataclass(frozen=True, slots=True)
 class FinalWindow:
-    """A closed window ``[start_ms, start_ms + size_ms)`` of one livestream and its final counters."""
+    """A closed window ``[start_ms, start_ms + size_ms)`` of one livestream and its final counters.
+
+    Tumbling windows also carry their comment tallies (per user, per folded text) for the comment-spam rule.
+    """
 
     start_ms: int
     size_ms: int
     counters: Counters
+    comment_users: dict[str, int] = field(default_factory=dict)
+    comment_texts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -237,6 +259,8 @@ def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: F
     if ts > state.max_ts_ms:
         state.max_ts_ms = ts
     state.last_ts_ms = ts
+    if state.ended_ms >= 0 and ts > state.ended_ms:
+        state.ended_ms = -1  # the livestream restarted
     if event.creator_id not in state.creators:
         state.creators.append(event.creator_id)
         state.creators.sort()
@@ -275,9 +299,19 @@ def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: F
             window.likes += event.count
             window.like_events += 1
     elif kind is Comment:
+        assert isinstance(event, Comment)
         totals.comments += 1
         if window is not None:
             window.comments += 1
+            users = state.comment_users.get(start)
+            if users is None:
+                users = state.comment_users[start] = {}
+            users[event.user_id] = users.get(event.user_id, 0) + 1
+            texts = state.comment_texts.get(start)
+            if texts is None:
+                texts = state.comment_texts[start] = {}
+            text = fold_text(event.text)
+            texts[text] = texts.get(text, 0) + 1
     elif kind is Share:
         totals.shares += 1
         if window is not None:
@@ -291,6 +325,8 @@ def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: F
         _apply_order(totals, event)
         if window is not None:
             _apply_order(window, event)
+    elif kind is LiveEnd:
+        state.ended_ms = max(state.ended_ms, ts)
 
 
 def _apply_order(counters: Counters, order: Order) -> None:
@@ -324,7 +360,9 @@ def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> l
     finals: list[FinalWindow] = []
     for start in sorted(s for s in state.windows if s <= new_through):
         counters = state.windows.pop(start)
-        finals.append(FinalWindow(start, size, counters))
+        users = state.comment_users.pop(start, {})
+        texts = state.comment_texts.pop(start, {})
+        finals.append(FinalWindow(start, size, counters, users, texts))
         state.recent_closed[start] = counters
     hop = spec.hop_windows
     if hop > 1:

@@ -218,3 +218,47 @@ def parse_metrics(text: str) -> dict[str, float]:
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     return samples
+
+
+def expected_campaign_windows(oracle: Any) -> dict[int, dict[str, int]]:
+    """Per 1-minute window start: the sum of every livestream's window counters (one campaign) and livestreams."""
+    from stream.replay.oracle import COUNTER_FIELDS
+
+    expected: dict[int, dict[str, int]] = {}
+    for (_, start), window in oracle.windows.items():
+        into = expected.setdefault(start, dict.fromkeys((*COUNTER_FIELDS, "livestreams"), 0))
+        for name in COUNTER_FIELDS:
+            into[name] += getattr(window, name)
+        into["livestreams"] += 1
+    return expected
+
+
+def check_campaign_windows(pipeline: Pipeline, oracle: Any, complete: bool, timeout: float = 120) -> int:
+    """Campaign window records equal the oracle's sums, once each; with ``complete`` every minute is there.
+
+    Returns the number of campaign windows checked.
+    """
+    from schemas.stats import CampaignWindowStats
+    from stream.replay.oracle import COUNTER_FIELDS
+
+    expected = expected_campaign_windows(oracle)
+    topic = pipeline.settings().campaign_stats_topic
+    if complete:
+        wait_until(lambda: len(pipeline.read_topic(topic)) >= len(expected), timeout, "every campaign window")
+    records = pipeline.read_topic(topic)
+    keys = [r.key for r in records]
+    assert len(keys) == len(set(keys)), "a campaign window was emitted twice"
+    gmv = 0
+    for record in records:
+        assert record.value is not None
+        window = msgspec.json.decode(record.value, type=CampaignWindowStats)
+        want = expected[window.window_start_ms]
+        got = {name: getattr(window, name) for name in (*COUNTER_FIELDS, "livestreams")}
+        assert got == want, (window.window_start_ms, got, want)
+        gmv += window.gmv_vnd
+        assert window.gmv_to_date_vnd == gmv, "gmv_to_date must be the running sum of the windows before it"
+    if complete:
+        assert {msgspec.json.decode(r.value or b"", type=CampaignWindowStats).window_start_ms for r in records} == set(
+            expected
+        )
+    return len(records)

@@ -11,6 +11,7 @@ Guarantees:
   appears in at least one event;
 - every event lies inside its livestream's span ``[start_ms, end_ms)``, itself inside the fair;
 - a leave always follows its view (a leave that would fall at or after the livestream's end is not emitted);
+- each livestream's last event is its ``live_end`` at ``end_ms - 1``;
   comments, likes, shares and carts come from a viewer while present; an order emits ``placed`` then ``paid`` or
   ``cancelled`` (same ``order_id``), and some paid orders later ``refunded``, all strictly increasing in time;
 - within a :class:`MinuteSlice`, a channel's events are sorted by ``ts_ms`` (ties keep generation order), so each
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Final
 
-from schemas.events import AddToCart, Comment, Event, Leave, Like, Order, OrderStatus, Share, View
+from schemas.events import AddToCart, Comment, Event, Leave, Like, LiveEnd, Order, OrderStatus, Share, View
 from stream.replay.oracle import Oracle, OracleBuilder
 from stream.replay.profile import (
     LATEST_START_BEFORE_END_MINUTES,
@@ -503,6 +504,18 @@ class FairReplay:
                         seq = self._emit_orders(
                             rand, st, buckets, cell_orders[i::n_views], uid, ts, present, seq, prefix
                         )
+                if t == len(buckets) - 1:  # the platform's end-of-live signal, the channel's last event
+                    seq += 1
+                    current.append(
+                        LiveEnd(
+                            event_id=f"{prefix}{seq:x}",
+                            channel_id=cid,
+                            creator_id=st.host_at(end - 1),
+                            campaign=campaign,
+                            user_id=st.host_at(end - 1),
+                            ts_ms=end - 1,
+                        )
+                    )
                 state.seq = seq
                 current.sort(key=_by_ts)
                 buckets[t] = []

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from schemas.events import AddToCart, Comment, Event, Leave, Like, Order, Share, View
+from schemas.events import AddToCart, Comment, Event, Leave, Like, LiveEnd, Order, Share, View
 
 WINDOW_MS: Final = 60_000
 
@@ -123,7 +123,7 @@ class Oracle:
     unique_viewers: int
     """Distinct ``user_id`` with a view, over all channels."""
     events_by_type: dict[str, int]
-    """Event count per ``type`` tag (view, leave, comment, like, share, add_to_cart, order)."""
+    """Event count per ``type`` tag (view, leave, comment, like, share, add_to_cart, order, live_end)."""
 
     def summary(self) -> dict[str, int]:
         """Campaign headline figures: views, paid orders, GMV, livestreams, creators."""
@@ -177,7 +177,7 @@ class OracleBuilder:
         all_users = self._users
         types = self._types
         view_t, leave_t, like_t, comment_t = View, Leave, Like, Comment
-        share_t, cart_t, order_t = Share, AddToCart, Order
+        share_t, cart_t, order_t, end_t = Share, AddToCart, Order, LiveEnd
         status_index = _STATUS_INDEX
         cid: str | None = None
         ch = _Channel()
@@ -189,7 +189,7 @@ class OracleBuilder:
         first = last = -1
         wstart = _NO_WINDOW
         wc: list[int] = counters
-        n_view = n_leave = n_like = n_comment = n_share = n_cart = n_order = 0
+        n_view = n_leave = n_like = n_comment = n_share = n_cart = n_order = n_end = 0
         for ev in events:
             if ev.channel_id != cid:
                 if cid is not None:
@@ -261,6 +261,8 @@ class OracleBuilder:
                 n_share += 1
                 counters[_SHARES] += 1
                 wc[_SHARES] += 1
+            elif t is end_t:
+                n_end += 1
             else:
                 raise TypeError(f"not an event: {ev!r}")
         if cid is not None:
@@ -273,6 +275,7 @@ class OracleBuilder:
             ("share", n_share),
             ("add_to_cart", n_cart),
             ("order", n_order),
+            ("live_end", n_end),
         ):
             if n:
                 types[name] = types.get(name, 0) + n

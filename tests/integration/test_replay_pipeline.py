@@ -12,7 +12,7 @@ import pytest
 from schemas.events import View
 from schemas.stats import WindowStats
 from stream.replay.oracle import COUNTER_FIELDS
-from tests.support import Pipeline, parse_metrics, wait_until
+from tests.support import Pipeline, check_campaign_windows, parse_metrics, wait_until
 
 CAMPAIGN = "ocop-bac-giang-2023"
 
@@ -74,6 +74,9 @@ def test_scaled_fair_is_exact_everywhere(pipeline: Pipeline, scale: float, batch
         assert window.final and window.window_end_ms - window.window_start_ms == 60_000
     keys = [r.key for r in stats]
     assert len(keys) == len(set(keys)), "a final window was emitted twice"
+
+    # Campaign windows: every minute of the fair, each the sum of its livestreams' windows, once.
+    assert check_campaign_windows(pipeline, oracle, complete=True) > 0
 
 
 def test_garbage_goes_to_dead_letters_and_the_worker_keeps_counting(pipeline: Pipeline) -> None:

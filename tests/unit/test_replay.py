@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.events import AddToCart, Batch, Comment, Event, Leave, Like, Order, Record, Share, View
+from schemas.events import AddToCart, Batch, Comment, Event, Leave, Like, LiveEnd, Order, Record, Share, View
 from stream.replay import OCOP_FAIR, FairReplay, Oracle, OracleBuilder, scaled
 from stream.replay.generator import apportion, fit_total
 
@@ -70,6 +70,12 @@ def check_invariants(replay: FairReplay, events: list[Event]) -> None:
             assert 1 <= ev.count <= 30
         elif isinstance(ev, Order):
             orders[ev.order_id].append(ev)
+    last_event: dict[str, Event] = {}
+    for ev in events:
+        last_event[ev.channel_id] = ev
+    for channel_id, ev in last_event.items():
+        assert isinstance(ev, LiveEnd) and ev.ts_ms == spans[channel_id].end_ms - 1, channel_id
+    assert sum(isinstance(ev, LiveEnd) for ev in events) == len(last_event)
     for order_id, chain in orders.items():
         statuses = [o.status for o in chain]
         assert statuses in (["placed", "paid"], ["placed", "cancelled"], ["placed", "paid", "refunded"]), order_id
@@ -191,7 +197,7 @@ def test_msgspec_round_trip(replays: Cache) -> None:
         back = decoder.decode(msgspec.json.encode(ev))
         assert back == ev
         types.add(type(ev))
-    assert types == {View, Leave, Comment, Like, Share, AddToCart, Order}
+    assert types == {View, Leave, Comment, Like, Share, AddToCart, Order, LiveEnd}
     for minute in list(replay.minutes())[:30]:
         for channel, evs in minute.by_channel.items():
             batch = Batch(channel_id=channel, events=evs)

@@ -1,0 +1,172 @@
+"""The campaign aggregator: ``<namespace>.campaign-input`` -> ``<namespace>.campaign-stats.1m`` and campaign alerts.
+
+The input topic has one partition, so one worker runs it. Per batch: fold every input record into the one
+:class:`~stream.campaign.CampaignState` (records at or below its ``last_offset`` are skipped), publish the campaign
+windows that became final and the GMV-milestone alert transitions, *wait until Kafka has them*, then save the
+state. Windows or alerts found already published (a crash between publishing and saving) are not sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+import msgspec
+from faust.types import EventT
+
+from agents.emitted import AlertIndex, EmittedIndex, campaign_window_identity
+from agents.fold import raw_bytes, raw_table
+from agents.table_context import PartitionedTable
+from agents.topic_reader import read_range
+from schemas.alerts import AlertRecord
+from schemas.stats import CampaignWindowStats
+from stream import campaign
+from stream.alerts import alert_id, load_rules
+from stream.settings import Settings
+from stream.snapshot import LiveSnapshot
+
+log = logging.getLogger(__name__)
+STATE_KEY = b"campaigns"
+_json = msgspec.json.Encoder()
+
+
+class CampaignAggregator:
+    def __init__(self, app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
+        self.settings = settings
+        self.live = live
+        self.rules = load_rules(settings.alert_rules)
+        self.size_ms = settings.window_size_s * 1000
+        self.input_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
+        self.stats_topic = app.topic(settings.campaign_stats_topic, partitions=1, schema=raw_bytes())
+        self.alerts_topic = app.topic(settings.alerts_topic, partitions=settings.partitions, schema=raw_bytes())
+        self.table = raw_table(app, "campaign-state", 1, "campaign aggregator state")
+        self.states = PartitionedTable(self.table)
+        self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.campaign_stats_topic], campaign_window_identity)
+        self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
+
+    async def process_batch(self, batch: list[EventT]) -> None:
+        await self.emitted.load({0})
+        await self.alert_index.load({0})
+        source = batch[-1]
+        stored = self.states.get(STATE_KEY, source)
+        state = campaign.decode_state(stored) if stored is not None else campaign.CampaignState()
+        windows: list[campaign.CampaignWindow] = []
+        alerts = []
+        topic = self.settings.campaign_input_topic
+        for event in batch:
+            message = event.message
+            records = [message]
+            if message.offset > state.last_offset + 1:
+                # Records faust acknowledged without delivering them (around rebalances): read them from Kafka.
+                bootstrap = self.settings.kafka_bootstrap
+                missed = await read_range(bootstrap, topic, 0, state.last_offset + 1, message.offset)
+                if missed:
+                    log.warning("campaign input gap: re-read %d records from %d", len(missed), state.last_offset + 1)
+                records = [*missed, message]
+            for item in records:
+                try:
+                    record = campaign.decode_input(item.value or b"")
+                except msgspec.DecodeError as exc:  # internal topic: only our workers write it
+                    log.error("undecodable campaign input at offset %d: %s", item.offset, exc)
+                    state.last_offset = max(state.last_offset, item.offset)
+                    continue
+                out = campaign.apply_input(
+                    state, record, item.offset, self.settings.partitions, self.size_ms, self.rules
+                )
+                if out:
+                    windows.extend(out.windows)
+                    alerts.extend(out.alerts)
+        now_ms = int(time.time() * 1000)
+        pending = []
+        for window in windows:
+            if self.emitted.already_emitted(window.campaign, window.size_ms, window.start_ms):
+                self.live.duplicate_windows_suppressed += 1
+                continue
+            record_value = msgspec.convert(
+                {
+                    **window.counters.as_dict(),
+                    "campaign": window.campaign,
+                    "window_start_ms": window.start_ms,
+                    "window_end_ms": window.start_ms + window.size_ms,
+                    "livestreams": window.livestreams,
+                    "gmv_to_date_vnd": window.gmv_to_date_vnd,
+                    "emitted_at_ms": now_ms,
+                },
+                CampaignWindowStats,
+            )
+            pending.append(
+                await self.stats_topic.send(
+                    key=f"{window.campaign}|{window.start_ms}".encode(),
+                    value=_json.encode(record_value),
+                    partition=0,
+                    force=True,
+                )
+            )
+            self.emitted.mark(window.campaign, window.size_ms, window.start_ms)
+        for change in alerts:
+            if self.alert_index.already_emitted(change.alert_id, change.status):
+                continue
+            log.info("alert %s %s: %s", change.status, change.alert_id, change.summary)
+            pending.append(
+                await self.alerts_topic.send(
+                    key=change.alert_id.encode(),
+                    value=_json.encode(AlertRecord.from_change(change, emitted_at_ms=now_ms)),
+                    partition=0,
+                    force=True,
+                )
+            )
+            self.alert_index.mark(change.alert_id, change.status)
+        if pending:
+            await asyncio.gather(*pending)
+        self.states.set(STATE_KEY, campaign.encode(state), source)
+        self.publish(state, now_ms)
+        for change in alerts:
+            (self.live.alerts_fired if change.status == "firing" else self.live.alerts_resolved)[change.rule] += 1
+        self.live.pending_campaign.extend((w.campaign, w.start_ms, w.counters, w.livestreams) for w in windows)
+
+    def publish(self, state: campaign.CampaignState, now_ms: int) -> None:
+        """Active campaign alerts into the live snapshot (Redis and /metrics read them from there)."""
+        self.live.campaign_alerts = {
+            name: {
+                rule: AlertRecord(
+                    alert_id=alert_id(rule, name, alert.window_start_ms),
+                    rule=rule,  # type: ignore[arg-type]
+                    status="firing",
+                    severity=alert.severity,
+                    channel_id="",
+                    campaign=name,
+                    window_start_ms=alert.window_start_ms,
+                    at_ms=alert.fired_at_ms,
+                    value=alert.value,
+                    threshold=alert.threshold,
+                    summary=alert.summary,
+                    emitted_at_ms=now_ms,
+                )
+                for rule, alert in active.items()
+            }
+            for name, active in state.alerts.items()
+        }
+        self.live.campaign_alerts_dirty = True
+
+
+def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> CampaignAggregator:
+    aggregator = CampaignAggregator(app, settings, live)
+
+    @app.agent(aggregator.input_topic, name="campaign-windows")
+    async def campaign_windows(stream: faust.StreamT[bytes]) -> None:
+        batches = stream.take_events(settings.batch_max_records, settings.batch_within_s)  # type: ignore[attr-defined]
+        async for batch in batches:
+            await aggregator.process_batch(batch)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
+        if any(tp.topic == settings.campaign_input_topic for tp in revoked):
+            aggregator.emitted.forget({0})
+            aggregator.alert_index.forget({0})
+            live.campaign_alerts = {}
+            live.campaign_alerts_dirty = True
+
+    return aggregator

@@ -1,0 +1,201 @@
+"""Campaign windows: the 1-minute windows of every livestream of a campaign, summed, emitted once they are final.
+
+Livestreams of one campaign live on different partitions, each with its own event-time progress, so a campaign
+window can only be emitted when *every* partition has finished it. The owners of the events partitions send, on one
+ordered internal topic (``<namespace>.campaign-input``, one partition):
+
+- a :class:`ChannelWindowCopy` of every final 1-minute livestream window, then
+- a :class:`PartitionProgress` per partition: the newest window start ``S`` such that every livestream of the
+  partition with an open window has closed everything up to ``S`` (:data:`SETTLED_ALL` when none has an open
+  window).
+
+A campaign window ``[start, start + size)`` is emitted when progress from every partition is at or past ``start``;
+it is the sum of the copies received for it. A copy for a window of a campaign that was already emitted at or after
+its start (a livestream that appeared with events older than the fair's progress, or a copy sent again after a
+crash) changes nothing and is counted in ``ignored_windows``.
+
+The state carries the input offset it reflects and is saved after the outputs are acknowledged, so a restart
+neither loses nor double counts a copy; windows re-emitted after a crash are filtered by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import msgspec
+
+from stream.alerts import ActiveAlert, AlertChange, AlertRules, transition
+from stream.state import Counters
+
+SETTLED_ALL: Final = 1 << 62
+"""Progress of a partition with no open window: it holds no campaign window back."""
+
+
+class ChannelWindowCopy(msgspec.Struct, frozen=True, tag="window", tag_field="kind"):
+    channel_id: str
+    campaign: str
+    start_ms: int
+    counters: Counters
+
+
+class PartitionProgress(msgspec.Struct, frozen=True, tag="progress", tag_field="kind"):
+    partition: int
+    settled_through_ms: int
+
+
+CampaignInput = ChannelWindowCopy | PartitionProgress
+
+
+class PendingWindow(msgspec.Struct):
+    counters: Counters = msgspec.field(default_factory=Counters)
+    channels: list[str] = msgspec.field(default_factory=list)
+
+
+class CampaignState(msgspec.Struct):
+    """Everything the campaign aggregator knows (one value: the input topic has one partition)."""
+
+    last_offset: int = -1
+    progress: dict[int, int] = msgspec.field(default_factory=dict)
+    """Settled-through window start per events partition (only ever increases)."""
+    pending: dict[str, dict[int, PendingWindow]] = msgspec.field(default_factory=dict)
+    emitted_through: dict[str, int] = msgspec.field(default_factory=dict)
+    """Newest emitted window start per campaign."""
+    gmv_to_date: dict[str, int] = msgspec.field(default_factory=dict)
+    alerts: dict[str, dict[str, ActiveAlert]] = msgspec.field(default_factory=dict)
+    """Active campaign alerts per campaign, by rule."""
+    ignored_windows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignWindow:
+    """A final campaign window ``[start_ms, start_ms + size_ms)``."""
+
+    campaign: str
+    start_ms: int
+    size_ms: int
+    counters: Counters
+    livestreams: int
+    gmv_to_date_vnd: int
+
+
+@dataclass
+class CampaignOutput:
+    windows: list[CampaignWindow]
+    alerts: list[AlertChange]
+
+
+def apply_input(
+    state: CampaignState,
+    record: CampaignInput,
+    offset: int,
+    partitions: int,
+    size_ms: int,
+    rules: AlertRules,
+) -> CampaignOutput | Literal[False]:
+    """Fold one input record at ``offset``; False if it was applied before. Returns the windows now final."""
+    if offset <= state.last_offset:
+        return False
+    state.last_offset = offset
+    if isinstance(record, ChannelWindowCopy):
+        campaign = record.campaign
+        if record.start_ms <= state.emitted_through.get(campaign, -1):
+            state.ignored_windows += 1
+            return CampaignOutput([], [])
+        window = state.pending.setdefault(campaign, {}).setdefault(record.start_ms, PendingWindow())
+        if record.channel_id in window.channels:
+            state.ignored_windows += 1
+        else:
+            window.channels.append(record.channel_id)
+            window.counters.merge(record.counters)
+        return CampaignOutput([], [])
+    previous = state.progress.get(record.partition, -1)
+    state.progress[record.partition] = max(previous, record.settled_through_ms)
+    return release(state, partitions, size_ms, rules)
+
+
+def release(state: CampaignState, partitions: int, size_ms: int, rules: AlertRules) -> CampaignOutput:
+    """Emit every pending window that all ``partitions`` have settled, oldest first, with milestone alerts."""
+    out = CampaignOutput([], [])
+    if len(state.progress) < partitions:
+        return out
+    through = min(state.progress.values())
+    milestones = sorted(rules.gmv_milestone.amounts_vnd)
+    for campaign in sorted(state.pending):
+        pending = state.pending[campaign]
+        for start in sorted(s for s in pending if s <= through):
+            window = pending.pop(start)
+            before = state.gmv_to_date.get(campaign, 0)
+            after = before + window.counters.gmv_vnd
+            state.gmv_to_date[campaign] = after
+            state.emitted_through[campaign] = start
+            out.windows.append(CampaignWindow(campaign, start, size_ms, window.counters, len(window.channels), after))
+            if rules.gmv_milestone.enabled:
+                out.alerts.extend(_milestones(state, campaign, start, size_ms, before, after, milestones, rules))
+        if not pending:
+            del state.pending[campaign]
+    return out
+
+
+def _milestones(
+    state: CampaignState,
+    campaign: str,
+    start: int,
+    size_ms: int,
+    before: int,
+    after: int,
+    milestones: list[int],
+    rules: AlertRules,
+) -> list[AlertChange]:
+    """Resolve the previous window's milestone, then fire if this window crossed one (the highest crossed)."""
+    active = state.alerts.setdefault(campaign, {})
+    changes: list[AlertChange] = []
+
+    def decide(holds: bool, threshold: float, summary: str) -> None:
+        change = transition(
+            active,
+            "gmv_milestone",
+            holds,
+            channel_id="",
+            campaign=campaign,
+            window_start_ms=start,
+            at_ms=start + size_ms,
+            value=float(after),
+            threshold=threshold,
+            summary=summary,
+            severity=rules.gmv_milestone.severity,
+        )
+        if change is not None:
+            changes.append(change)
+
+    if "gmv_milestone" in active:
+        decide(False, active["gmv_milestone"].threshold, f"campaign GMV {after:,} VND")
+    crossed = [amount for amount in milestones if before < amount <= after]
+    if crossed:
+        decide(True, float(crossed[-1]), f"campaign GMV passed {crossed[-1]:,} VND ({after:,} VND)")
+    if not active:
+        del state.alerts[campaign]
+    return changes
+
+
+def settled_through(open_bounds: dict[str, int]) -> int:
+    """A partition's progress from the ``closed_through_ms`` of its livestreams that have open windows."""
+    return min(open_bounds.values(), default=SETTLED_ALL)
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(CampaignState)
+_input_decoder: Final = msgspec.msgpack.Decoder(CampaignInput)
+
+
+def encode(value: CampaignState | CampaignInput) -> bytes:
+    return _encoder.encode(value)
+
+
+def decode_state(data: bytes) -> CampaignState:
+    return _decoder.decode(data)
+
+
+def decode_input(data: bytes) -> CampaignInput:
+    decoded: CampaignInput = _input_decoder.decode(data)
+    return decoded
