@@ -35,7 +35,15 @@ from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
 from schemas.stats import WindowStats
 from stream import campaign
-from stream.alerts import AlertChange, evaluate_closed_window, evaluate_silence, load_rules, resolve_if_active
+from stream.alerts import (
+    AlertChange,
+    evaluate_closed_window,
+    evaluate_gap,
+    evaluate_silence,
+    load_rules,
+    resolve_if_active,
+    stream_down_gap_ms,
+)
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
 from stream.snapshot import ClosedWindow, LiveSnapshot
@@ -49,8 +57,8 @@ from stream.state import (
     close_windows,
     decode_state,
     encode_state,
+    ended_watermark,
     idle_watermark,
-    watermark,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +140,8 @@ class Fold:
         """Newest event time applied per owned events partition (the stream-down clock)."""
         self.scanned_at: dict[int, int] = {}
         self.progress_sent: dict[int, int] = {}
+        self.partition_wall: dict[int, int] = {}
+        """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
 
     async def process_batch(self, batch: list[EventT]) -> None:
         settings, live, spec = self.settings, self.live, self.spec
@@ -140,7 +150,7 @@ class Fold:
         await self.alert_index.load(batch_partitions)
         now_ms = int(time.time() * 1000)
         bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
-        effects = FoldEffects()
+        effects = FoldEffects(gap_ms=stream_down_gap_ms(self.rules))
         touched: dict[str, tuple[ChannelState, EventT]] = {}
         ticks: dict[int, EventT] = {}
         current: list[EventT] = []  # the record being folded: its partition is the id rows' partition
@@ -158,6 +168,7 @@ class Fold:
             if key == TICK_KEY:
                 ticks[partition] = event
                 return
+            self.partition_wall[partition] = max(self.partition_wall.get(partition, -1), produced_ms)
             result = decode_record(key, value, bounds)
             if isinstance(result, DeadLetter):
                 live.dead_letters[result.reason] += 1
@@ -194,7 +205,10 @@ class Fold:
                     touched[channel_id] = (self._state(channel_id, tick, touched), tick)
                     idle_at[channel_id] = int(tick.message.timestamp * 1000)
 
-        changes = self._silences(batch, ticks, touched)
+        changes = self._scan_partitions(batch, ticks, touched)
+        for gap in effects.gaps:
+            state, source = touched[gap.channel_id]
+            changes.extend((c, source.message.partition) for c in evaluate_gap(state, gap, self.rules))
         finals: list[tuple[ClosedWindow, int]] = []
         copies: list[campaign.ChannelWindowCopy] = []
         for channel_id, (state, source) in touched.items():
@@ -203,7 +217,10 @@ class Fold:
                 back = resolve_if_active(state, self.rules)
                 if back is not None:
                     changes.append((back, partition))
-            mark = idle_watermark(state, spec, idle_at[channel_id]) if channel_id in idle_at else watermark(state, spec)
+            if channel_id in idle_at:
+                mark = idle_watermark(state, spec, idle_at[channel_id])
+            else:
+                mark = ended_watermark(state, spec, self.partition_clock.get(partition, -1))
             for window in close_windows(state, mark, spec):
                 closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
                 finals.append((closed, partition))
@@ -246,21 +263,21 @@ class Fold:
             (live.alerts_fired if change.status == "firing" else live.alerts_resolved)[change.rule] += 1
         for late_event in effects.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
-        await self._send_progress(batch_partitions)
+        await self._send_progress(batch_partitions, ticks)
 
-    def _silences(
+    def _scan_partitions(
         self, batch: list[EventT], ticks: dict[int, EventT], touched: dict[str, tuple[ChannelState, EventT]]
     ) -> list[tuple[AlertChange, int]]:
-        """``stream_down`` checks of this batch's partitions (see :func:`stream.alerts.evaluate_silence`).
+        """Livestreams of this batch's partitions that the partition's event-time clock affects, untouched or not:
+        ``stream_down`` (see :func:`stream.alerts.evaluate_silence`), and ended livestreams whose last windows can
+        close (:func:`stream.state.ended_watermark`); those are added to ``touched``.
 
         The clock of a partition is the newest event time applied on it; at an idle tick a livestream's own clock
         also runs on with the wall time since its last record (a tick is processed after every record produced
         before it). A partition is scanned when its clock moved by a second or more, and at every tick.
         """
         rule = self.rules.stream_down
-        if not rule.enabled:
-            return []
-        live, silence_ms = self.live, rule.silence_s * 1000
+        live, silence_ms, grace_ms = self.live, (rule.silence_s + rule.skew_s) * 1000, self.spec.grace_ms
         sources: dict[int, EventT] = {event.message.partition: event for event in batch}
         for state, _ in touched.values():
             if state.max_ts_ms > self.partition_clock.get(state.partition, -1):
@@ -278,7 +295,11 @@ class Fold:
                 if state.partition == partition and channel_id not in candidates:
                     candidates[channel_id] = state
             for channel_id, state in candidates.items():
-                if "stream_down" in state.alerts or state.ended_ms >= 0 or state.concurrent < rule.min_viewers:
+                if state.ended_ms >= 0:
+                    if state.windows and clock >= state.ended_ms + grace_ms and channel_id not in touched:
+                        touched[channel_id] = (self._state(channel_id, source, touched), source)
+                    continue
+                if not rule.enabled or "stream_down" in state.alerts or state.concurrent < rule.min_viewers:
                     continue
                 own_clock = clock
                 if tick_ms >= 0 and state.last_wall_ms >= 0:
@@ -318,7 +339,7 @@ class Fold:
         if pending:
             await asyncio.gather(*pending)
 
-    async def _send_progress(self, partitions: set[int]) -> None:
+    async def _send_progress(self, partitions: set[int], ticks: dict[int, EventT]) -> None:
         """Tell the campaign aggregator how far each of these partitions has settled (when it changed).
 
         Only once the live snapshot holds every owned livestream (``ready``): before that a livestream with an open
@@ -327,8 +348,16 @@ class Fold:
         if not self.live.ready:
             return
         pending = []
+        spec = self.spec
         for partition in sorted(partitions):
-            settled = campaign.settled_through(self.live.open_bounds.get(partition, {}))
+            tick = ticks.get(partition)
+            # Idle = no record for the idle timeout since the newest record, or since this worker got the partition.
+            last_record = self.partition_wall.setdefault(partition, int(time.time() * 1000))
+            idle = tick is not None and tick.message.timestamp * 1000 - last_record >= spec.idle_timeout_ms
+            clock = self.partition_clock.get(partition, -1)
+            mark = clock - spec.lateness_ms if clock >= 0 else -1
+            bounds = self.live.open_bounds.get(partition, {})
+            settled = campaign.settled_through(bounds, mark, spec.size_ms, spec.grace_ms, idle)
             if self.progress_sent.get(partition) == settled:
                 continue
             marker = campaign.PartitionProgress(partition, settled)
@@ -418,6 +447,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
             fold.partition_clock.pop(partition, None)
             fold.scanned_at.pop(partition, None)
             fold.progress_sent.pop(partition, None)
+            fold.partition_wall.pop(partition, None)
         fold.emitted.forget(partitions)
         fold.alert_index.forget(partitions)
 

@@ -11,20 +11,30 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 from aiokafka import AIOKafkaProducer
 
 from agents.startup import ensure_topics
 from schemas.events import Batch
-from stream.replay.generator import FairReplay
+from stream.replay.generator import FairReplay, MinuteSlice
 from stream.replay.oracle import Oracle
 from stream.replay.profile import OCOP_FAIR, scaled
 from stream.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
+
+
+class Replay(Protocol):
+    """What can be produced: minute slices in time order, and the oracle of what they held."""
+
+    def minutes(self) -> Iterator[MinuteSlice]: ...
+
+    @property
+    def oracle(self) -> Oracle: ...
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,7 @@ class ReplayResult:
 
 
 async def produce_replay(
-    replay: FairReplay,
+    replay: Replay,
     bootstrap: str,
     topic: str,
     *,

@@ -5,7 +5,8 @@ Rules (thresholds in :class:`AlertRules`, loaded from a TOML file; the shipped d
 
 - ``stream_down``: a livestream that has not ended (no ``live_end``) and still has viewers sends no event for
   ``silence_s`` of event time, measured against the newest event of the other livestreams on its partition, or, when
-  the partition is quiet, against the wall clock at an idle tick. Resolved by its next event or its ``live_end``.
+  the partition is quiet, against the wall clock at an idle tick, less ``skew_s`` (how far behind the others a
+  livestream's events may legitimately arrive). Resolved by its next event or its ``live_end``.
 - ``viewer_drop``: concurrent viewers at the end of a closed 1-minute window are ``drop_pct`` % or more below the
   peak of the ``lookback_min`` windows before it (a peak of at least ``min_peak``). Resolved at the first closed
   window where that no longer holds (at the latest once the peak leaves the lookback).
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import msgspec
 
 if TYPE_CHECKING:
-    from stream.state import ChannelState, FinalWindow
+    from stream.state import ChannelState, FinalWindow, Gap
 
 RuleName = Literal["stream_down", "viewer_drop", "order_surge", "payment_trouble", "comment_spam", "gmv_milestone"]
 RULES: Final[tuple[RuleName, ...]] = (
@@ -51,6 +52,9 @@ Severity = Literal["page", "ticket", "info"]
 class StreamDownRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     enabled: bool = True
     silence_s: int = 60
+    skew_s: int = 70
+    """How far behind the other livestreams of its partition a livestream's events may arrive (e.g. producers
+    that send one batch per livestream and minute) before its silence counts."""
     min_viewers: int = 20
     severity: Severity = "page"
 
@@ -316,7 +320,11 @@ def evaluate_silence(state: ChannelState, clock_ms: int, rules: AlertRules) -> A
     if not rule.enabled or state.max_ts_ms < 0:
         return None
     silent_ms = clock_ms - state.max_ts_ms
-    holds = state.ended_ms < 0 and state.concurrent >= rule.min_viewers and silent_ms >= rule.silence_s * 1000
+    holds = (
+        state.ended_ms < 0
+        and state.concurrent >= rule.min_viewers
+        and silent_ms - rule.skew_s * 1000 >= rule.silence_s * 1000
+    )
     if holds == ("stream_down" in state.alerts):
         return None
     size_ms = 60_000
@@ -337,6 +345,48 @@ def evaluate_silence(state: ChannelState, clock_ms: int, rules: AlertRules) -> A
         ),
         severity=rule.severity,
     )
+
+
+def stream_down_gap_ms(rules: AlertRules) -> int:
+    """The silence (event time) after which a livestream counts as down: ``silence_s + skew_s``; 0 if disabled."""
+    rule = rules.stream_down
+    return (rule.silence_s + rule.skew_s) * 1000 if rule.enabled else 0
+
+
+def evaluate_gap(state: ChannelState, gap: Gap, rules: AlertRules) -> list[AlertChange]:
+    """``stream_down`` seen only afterwards: the livestream's own events show a silence long enough, but no clock
+    showed it while it lasted (e.g. the worker was catching up and read the silence and its end in one batch).
+
+    Gives the firing and the resolved record at once, with the key the live check would have used; nothing if that
+    check already fired for it (then its resolve follows from :func:`resolve_if_active`).
+    """
+    rule = rules.stream_down
+    gap_ms = stream_down_gap_ms(rules)
+    if not gap_ms or gap.ended or gap.concurrent < rule.min_viewers or gap.to_ms - gap.from_ms < gap_ms:
+        return []
+    window = gap.from_ms - gap.from_ms % 60_000
+    active = state.alerts.get("stream_down")
+    if active is not None and active.window_start_ms == window:
+        return []
+    silent_s = round((gap.to_ms - gap.from_ms) / 1000.0, 3)
+    common = {
+        "rule": "stream_down",
+        "channel_id": state.channel_id,
+        "campaign": state.campaign,
+        "window_start_ms": window,
+        "value": silent_s,
+        "threshold": float(rule.silence_s),
+        "severity": rule.severity,
+    }
+    return [
+        AlertChange(
+            status="firing",
+            at_ms=gap.from_ms + gap_ms,
+            summary=f"no events for {int(silent_s)} s with {gap.concurrent} viewers present (seen afterwards)",
+            **common,  # type: ignore[arg-type]
+        ),
+        AlertChange(status="resolved", at_ms=gap.to_ms, summary="events again", **common),  # type: ignore[arg-type]
+    ]
 
 
 def resolve_if_active(state: ChannelState, rules: AlertRules) -> AlertChange | None:

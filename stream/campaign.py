@@ -6,8 +6,8 @@ ordered internal topic (``<namespace>.campaign-input``, one partition):
 
 - a :class:`ChannelWindowCopy` of every final 1-minute livestream window, then
 - a :class:`PartitionProgress` per partition: the newest window start ``S`` such that every livestream of the
-  partition with an open window has closed everything up to ``S`` (:data:`SETTLED_ALL` when none has an open
-  window).
+  partition has closed everything up to ``S`` and no on-time event can still create a window at or before ``S``
+  (:func:`settled_through`).
 
 A campaign window ``[start, start + size)`` is emitted when progress from every partition is at or past ``start``;
 it is the sum of the copies received for it. A copy for a window of a campaign that was already emitted at or after
@@ -57,7 +57,7 @@ class CampaignState(msgspec.Struct):
 
     last_offset: int = -1
     progress: dict[int, int] = msgspec.field(default_factory=dict)
-    """Settled-through window start per events partition (only ever increases)."""
+    """Settled-through window start per events partition, as last reported."""
     pending: dict[str, dict[int, PendingWindow]] = msgspec.field(default_factory=dict)
     emitted_through: dict[str, int] = msgspec.field(default_factory=dict)
     """Newest emitted window start per campaign."""
@@ -109,8 +109,9 @@ def apply_input(
             window.channels.append(record.channel_id)
             window.counters.merge(record.counters)
         return CampaignOutput([], [])
-    previous = state.progress.get(record.partition, -1)
-    state.progress[record.partition] = max(previous, record.settled_through_ms)
+    # The newest report counts, even if lower (a restarted owner, or an idle partition that got records again):
+    # it can only hold back windows not emitted yet.
+    state.progress[record.partition] = record.settled_through_ms
     return release(state, partitions, size_ms, rules)
 
 
@@ -178,9 +179,21 @@ def _milestones(
     return changes
 
 
-def settled_through(open_bounds: dict[str, int]) -> int:
-    """A partition's progress from the ``closed_through_ms`` of its livestreams that have open windows."""
-    return min(open_bounds.values(), default=SETTLED_ALL)
+def settled_through(open_bounds: dict[str, int], watermark_ms: int, size_ms: int, grace_ms: int, idle: bool) -> int:
+    """A partition's progress: the newest window start every livestream of the partition is done with.
+
+    ``open_bounds`` is the ``closed_through_ms`` of each livestream with an open window; ``watermark_ms`` the
+    partition's event-time watermark (newest event time applied minus allowed lateness, -1 before any): a
+    livestream without an open window may still send events that are on time at that watermark. An ``idle``
+    partition (no record for the idle timeout of wall-clock time) holds back nothing but its open windows.
+    """
+    bound = min(open_bounds.values(), default=SETTLED_ALL)
+    if idle:
+        return bound
+    horizon = watermark_ms - size_ms - grace_ms
+    if watermark_ms < 0 or horizon < 0:
+        return min(bound, -1)
+    return min(bound, horizon - horizon % size_ms)
 
 
 _encoder: Final = msgspec.msgpack.Encoder()

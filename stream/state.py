@@ -142,6 +142,20 @@ class FoldEffects:
     redelivered_records: int = 0
     applied_events: int = 0
     duplicate_events: int = 0
+    gap_ms: int = 0
+    """Report silences of at least this much event time in ``gaps`` (0: do not look)."""
+    gaps: list[Gap] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A livestream sent nothing in ``(from_ms, to_ms)``; ``concurrent``/``ended`` as they were during it."""
+
+    channel_id: str
+    from_ms: int
+    to_ms: int
+    concurrent: int
+    ended: bool
 
 
 IdRow = dict[str, int]
@@ -257,6 +271,8 @@ def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: F
         state.first_ts_ms = ts
         state.campaign = event.campaign
     if ts > state.max_ts_ms:
+        if effects.gap_ms and state.max_ts_ms >= 0 and ts - state.max_ts_ms >= effects.gap_ms:
+            effects.gaps.append(Gap(state.channel_id, state.max_ts_ms, ts, state.concurrent, state.ended_ms >= 0))
         state.max_ts_ms = ts
     state.last_ts_ms = ts
     if state.ended_ms >= 0 and ts > state.ended_ms:
@@ -394,6 +410,19 @@ def idle_watermark(state: ChannelState, spec: WindowSpec, now_ms: int) -> int:
     """
     base = watermark(state, spec)
     if state.max_ts_ms < 0 or state.last_wall_ms < 0 or now_ms - state.last_wall_ms < spec.idle_timeout_ms:
+        return base
+    return max(base, state.max_ts_ms + spec.size_ms * max(1, spec.hop_windows) + spec.grace_ms)
+
+
+def ended_watermark(state: ChannelState, spec: WindowSpec, clock_ms: int) -> int:
+    """Watermark of a livestream that ended (``live_end``), given its partition's event-time clock.
+
+    Once the partition's newest event time is ``grace_ms`` past the end, no more events of the livestream are
+    expected: every window holding its events closes, as after an idle timeout, but driven by event time so the
+    campaign windows need not wait for the wall clock. Otherwise the ordinary :func:`watermark`.
+    """
+    base = watermark(state, spec)
+    if state.ended_ms < 0 or clock_ms < state.ended_ms + spec.grace_ms:
         return base
     return max(base, state.max_ts_ms + spec.size_ms * max(1, spec.hop_windows) + spec.grace_ms)
 
