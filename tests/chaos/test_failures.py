@@ -19,9 +19,14 @@ import pytest
 
 from livestream.producer import ReplayResult
 from livestream.services import LOCAL
+from schemas.alerts import AlertRecord
 from schemas.stats import WindowStats
+from stream.replay.generator import FairReplay
+from stream.replay.incidents import ScriptedReplay
 from stream.replay.oracle import COUNTER_FIELDS, Oracle
-from tests.support import Pipeline, wait_until
+from stream.replay.profile import OCOP_FAIR, scaled
+from tests.alert_scenario import simulate
+from tests.support import Pipeline, check_campaign_windows, wait_until
 
 CAMPAIGN = "ocop-bac-giang-2023"
 SCALE = 0.01
@@ -60,7 +65,7 @@ class BackgroundReplay:
         time.sleep(max(0.0, self.started + fraction * PACE_SECONDS - time.monotonic()))
 
 
-def assert_exact(pipeline: Pipeline, oracle: Oracle) -> None:
+def assert_exact(pipeline: Pipeline, oracle: Oracle, seed: int, scale: float = SCALE) -> None:
     pipeline.wait_redis_summary(CAMPAIGN, oracle.summary(), timeout=240)
     channels = pipeline.redis_channels(CAMPAIGN)
     for channel_id, expected in oracle.channels.items():
@@ -96,6 +101,16 @@ def assert_exact(pipeline: Pipeline, oracle: Oracle) -> None:
     assert len(hop_keys) == len(set(hop_keys)), "a final 5-minute window was emitted twice"
     assert {(w.channel_id, w.window_start_ms): w.views for w in hop} == expected_hop
 
+    # Campaign windows: each minute once, the sum of its livestreams' windows.
+    check_campaign_windows(pipeline, oracle, complete=True)
+
+    # Alerts: exactly what the pure core gives for these events, each transition once.
+    expected_alerts = sorted(
+        (c.alert_id, c.status) for c in simulate(ScriptedReplay.of(FairReplay(scaled(OCOP_FAIR, scale), seed)))
+    )
+    alerts = [msgspec.json.decode(r.value or b"", type=AlertRecord) for r in pipeline.read_topic(settings.alerts_topic)]
+    assert sorted((a.alert_id, a.status) for a in alerts) == expected_alerts
+
 
 def run_scenario(
     pipeline: Pipeline, inject: Callable[[Pipeline, BackgroundReplay], None], seed: int = 21, batch: int = 1
@@ -107,7 +122,7 @@ def run_scenario(
     inject(pipeline, replay)
     result = replay.join()
     done = time.monotonic()
-    assert_exact(pipeline, result.oracle)
+    assert_exact(pipeline, result.oracle, seed)
     return time.monotonic() - done
 
 

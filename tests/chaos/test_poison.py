@@ -26,7 +26,7 @@ def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
     poisoner.start()
     result = pipeline.replay(scale=0.003, seed=4, batch=1, speed=285 * 60 / 8)
     poisoner.join(60)
-    assert_exact(pipeline, result.oracle)
+    assert_exact(pipeline, result.oracle, seed=4, scale=0.003)
 
     expected = sorted([reason for reason, _, _ in pills] * 2)
     wait_until(lambda: len(pipeline.read_topic(pipeline.settings().dlq_topic)) >= len(expected), 60, "dead letters")

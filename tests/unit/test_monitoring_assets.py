@@ -50,6 +50,8 @@ EXPECTED_ALERTS = {
     "LivestreamFairNoOrders",
     "LivestreamFairViewerDrop",
     "LivestreamPaymentTrouble",
+    "LivestreamStreamDown",
+    "LivestreamOperatorAlertActive",
     "LivestreamWorkerDown",
     "LivestreamNoThroughput",
     "LivestreamConsumerLagGrowing",
