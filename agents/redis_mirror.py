@@ -11,7 +11,8 @@ Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
 - ``P channel:<id>`` hash of stream-to-date counters and gauges; ``P channel:<id>:viewers`` HyperLogLog;
 - ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed);
   ``P channel:<id>:w5m:<start_ms>`` the final 5-minute hopping windows;
-- ``P campaign:<c>:w1m:<start_ms>`` hash of one final campaign window (``livestreams``, counters);
+- ``P campaign:<c>:w1m:<start_ms>`` hash of one final campaign window (``livestreams``, counters), indexed by
+  start in the zset ``P campaign:<c>:windows``;
 - ``P alerts:active`` hash ``rule|subject`` -> JSON :class:`~schemas.alerts.AlertRecord` of every active alert
   (subject: livestream, or campaign for ``gmv_milestone``); a resolved alert's field is deleted.
 """
@@ -207,6 +208,7 @@ class RedisMirror:
             fields["livestreams"] = livestreams
             pipe.hset(key, mapping=fields)
             pipe.expire(key, WINDOW_TTL_S)
+            pipe.zadd(keys.campaign(campaign, "windows"), {str(start_ms): start_ms})
         if alerts_changed:
             active = self.live.campaign_alerts
             for campaign in self._campaigns_with_alerts | set(active):

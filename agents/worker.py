@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from agents import api, campaign, fold, metrics, redis_mirror
+from agents import api, board, campaign, fold, metrics, redis_mirror
 from agents.startup import prepare_kafka
 from stream.app import create_app
 from stream.settings import Settings
@@ -22,6 +22,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     redis_mirror.register(app, settings, live)
     metrics.register(app, settings, live)
     api.register(app, settings, live)
+    board.register(app, settings, live)
     return app, live
 
 

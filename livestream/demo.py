@@ -171,7 +171,10 @@ def run_demo(
     worker = start_worker(settings, settings.data_dir / "worker.log")
     try:
         wait_http(f"http://127.0.0.1:{settings.web_port}/api/totals", 120, worker)
-        log(f"worker up (namespace {namespace}, http://127.0.0.1:{settings.web_port}/metrics); replaying the fair")
+        log(
+            f"worker up (namespace {namespace}); ops board http://127.0.0.1:{settings.web_port}/ , "
+            f"metrics http://127.0.0.1:{settings.web_port}/metrics; replaying the fair"
+        )
         started = time.monotonic()
         result = asyncio.run(replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True))
         expected = result.oracle.summary()
@@ -230,7 +233,7 @@ def _serve(
         f"gmv_vnd={metrics.get('livestream_gmv_vnd_total', 0):,.0f}\n"
         f"oracle        {json.dumps(expected)}  -> {'EXACT' if totals == expected else 'MISMATCH'}\n"
         f"{events:,} events in {elapsed:.1f} s ({events / elapsed:,.0f} events/s)\n"
-        f"serving: http://127.0.0.1:{settings.web_port}/metrics  /api/totals  /api/channels   (Ctrl-C to stop)"
+        f"ops board: http://127.0.0.1:{settings.web_port}/   also /metrics /api/board /api/totals   (Ctrl-C to stop)"
     )
     try:
         with Live(console=console, refresh_per_second=1) as live:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# System packages the test suite uses besides Kafka and Redis: Prometheus (promtool) for rule tests and real scrapes.
+# System packages the test suite uses besides Kafka and Redis: Prometheus (promtool) for rule tests and real scrapes,
+# Chromium for the ops board test.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 need=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] || "$here/apt-install.sh" "${need[@]}"
