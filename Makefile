@@ -31,6 +31,10 @@ test: $(STAMP)
 	$(BIN)/livestream services up
 	$(BIN)/pytest $(ARGS)
 
+bench: $(STAMP)
+	$(BIN)/livestream services up
+	$(BIN)/livestream bench $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

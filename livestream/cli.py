@@ -139,6 +139,54 @@ def demo(
 
 
 @app.command()
+def bench(
+    scale: Annotated[float, typer.Option(help="fair scale of the single-event topic (0.1 = ~373k events)")] = 0.1,
+    batch_scale: Annotated[float, typer.Option(help="fair scale of the batch-envelope topic")] = 0.5,
+    batch: Annotated[int, typer.Option(help="events per batch envelope (batch topic and the full fair)")] = 500,
+    seed: Annotated[int, typer.Option(help="replay seed")] = 7,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(help="skip a step (repeatable): drain, passthrough, quix, single, batch, latency, memory, fair"),
+    ] = None,
+    latency_seconds: Annotated[float, typer.Option(help="how long to send events for the latency step")] = 20.0,
+    latency_load: Annotated[float, typer.Option(help="latency rate as a fraction of the single-event rate")] = 0.5,
+    latency_rate: Annotated[
+        float | None, typer.Option(help="fixed latency rate in events/s (default: load x single-event rate)")
+    ] = None,
+    memory_sizes: Annotated[str, typer.Option(help="active livestreams per memory step, comma-separated")] = (
+        "1000,10000,100000"
+    ),
+    fair_scale: Annotated[float, typer.Option(help="scale of the full fair replay step")] = 1.0,
+    keep: Annotated[bool, typer.Option(help="keep the bench namespaces' topics, Redis keys and files")] = False,
+    strict: Annotated[bool, typer.Option(help="exit 2 if a measured target is missed")] = False,
+) -> None:
+    """Benchmark on the local Kafka and Redis: a table, then one JSON line of figures (exit 1 on any miscount)."""
+    from livestream.bench.runner import STEPS, BenchOptions, run_bench
+
+    skipped = frozenset(s.strip() for item in skip or [] for s in item.split(",") if s.strip())
+    unknown = skipped - set(STEPS)
+    if unknown:
+        raise typer.BadParameter(f"unknown step(s) {sorted(unknown)}; steps: {', '.join(STEPS)}", param_hint="--skip")
+    base = {k: v for k, v in _State.overrides.items() if k in ("kafka_bootstrap", "redis_url")}
+    options = BenchOptions(
+        scale=scale,
+        batch_scale=batch_scale,
+        batch=batch,
+        seed=seed,
+        skip=skipped,
+        latency_load=latency_load,
+        latency_rate=latency_rate,
+        latency_seconds=latency_seconds,
+        memory_sizes=tuple(int(n) for n in memory_sizes.split(",") if n.strip()),
+        fair_scale=fair_scale,
+        partitions=_State.overrides.get("partitions", 4),
+        keep=keep,
+        base=base,
+    )
+    raise typer.Exit(run_bench(options, strict=strict))
+
+
+@app.command()
 def stats(
     campaign: Annotated[str | None, typer.Option(help="campaign (default: every campaign in Redis)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of tables")] = False,

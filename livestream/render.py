@@ -26,12 +26,14 @@ def channel_table(campaign: str, channels: dict[str, dict[str, Any]], totals: di
         ("orders", "orders_paid"),
         ("items", "items_sold"),
         ("GMV VND", "gmv_vnd"),
+        ("alerts", "active_alerts"),
     ]
     for header, _ in columns:
-        table.add_column(header, justify="left" if header in ("livestream", "creators") else "right")
+        table.add_column(header, justify="left" if header in ("livestream", "creators", "alerts") else "right")
     ranked = sorted(channels.items(), key=lambda kv: -int(kv[1].get("gmv_vnd", 0)))
     for channel_id, fields in ranked:
-        table.add_row(*[channel_id if key == "channel_id" else _n(fields.get(key, "")) for _, key in columns])
+        name = f"{channel_id} (ended)" if fields.get("ended") else channel_id
+        table.add_row(*[name if key == "channel_id" else _n(fields.get(key, "")) for _, key in columns])
     table.add_section()
     fair = {
         **totals,
