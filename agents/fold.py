@@ -162,39 +162,46 @@ class Fold:
         ids = IdRows(load_ids)
         cursor_sources: dict[int, EventT] = {}
 
-        async def fold_record(
+        dead: list[tuple[bytes | None, bytes | None, int, int, DeadLetter]] = []
+        partition_wall = self.partition_wall
+
+        def fold_record(
             key: bytes | None, value: bytes | None, partition: int, offset: int, produced_ms: int, event: EventT
         ) -> None:
             if key == TICK_KEY:
                 ticks[partition] = event
                 return
-            self.partition_wall[partition] = max(self.partition_wall.get(partition, -1), produced_ms)
+            partition_wall[partition] = produced_ms
             result = decode_record(key, value, bounds)
             if isinstance(result, DeadLetter):
-                live.dead_letters[result.reason] += 1
-                log.warning(
-                    "dead letter %s at %s[%d]@%d: %s",
-                    result.reason,
-                    settings.events_topic,
-                    partition,
-                    offset,
-                    result.message,
-                )
-                await send_dead_letter(self.dlq_topic, key, value, settings.events_topic, partition, offset, result)
+                dead.append((key, value, partition, offset, result))
                 return
-            state = self._state(result.channel_id, event, touched)
+            channel_id = result.channel_id
+            entry = touched.get(channel_id)
+            state = entry[0] if entry is not None else self._state(channel_id, event, touched)
             current[:] = [event]
             apply_record(state, result.events, partition, offset, spec, effects, produced_ms, ids)
-            touched[result.channel_id] = (state, event)
+            touched[channel_id] = (state, event)
 
+        cursors = self.cursors
         for event in batch:
             message = event.message
-            for missed in await self._missing(message.partition, message.offset, event):
-                await fold_record(missed.key, missed.value, missed.partition, missed.offset, missed.timestamp, event)
-            cursor_sources[message.partition] = event
-            await fold_record(
-                message.key, message.value, message.partition, message.offset, int(message.timestamp * 1000), event
-            )
+            partition, offset = message.partition, message.offset
+            cursor = cursors.get(partition)
+            if cursor is not None and offset <= cursor + 1:  # the usual case: the next record of the partition
+                if offset > cursor:
+                    cursors[partition] = offset
+            else:
+                for missed in await self._missing(partition, offset, event):
+                    fold_record(missed.key, missed.value, missed.partition, missed.offset, missed.timestamp, event)
+            cursor_sources[partition] = event
+            fold_record(message.key, message.value, partition, offset, int(message.timestamp * 1000), event)
+
+        for key, value, partition, offset, letter in dead:
+            live.dead_letters[letter.reason] += 1
+            topic = settings.events_topic
+            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason, topic, partition, offset, letter.message)
+            await send_dead_letter(self.dlq_topic, key, value, settings.events_topic, partition, offset, letter)
 
         # A tick is processed after every record appended before it, so its timestamp is a point at which the
         # partition had caught up: a livestream with no record produced in the idle timeout before it is idle.
@@ -374,7 +381,8 @@ class Fold:
         faust acknowledges records it drops around rebalances and on shutdown, which can let their offsets be
         committed unprocessed. Every record of the events topic passes through here and the last processed offset
         per partition is kept in a table, so a jump means records were skipped: they are read straight from Kafka
-        and folded first (records already applied are then skipped by their livestream's offset).
+        and folded first (records already applied are then skipped by their livestream's offset). The batch loop
+        calls this only when the offset is not the next one of a known cursor.
         """
         cursor = self.cursors.get(partition)
         if cursor is None:
