@@ -1,4 +1,4 @@
-"""``livestream``: the command-line tool (services, worker, replay, demo, stats, schemas).
+"""``livestream``: the command-line tool (services, worker, replay, demo, bench, stats, alerts, schemas, dlq).
 
 Settings come from ``LIVESTREAM_*`` environment variables, overridden by the global flags below; they are built
 once here and passed down.
@@ -213,6 +213,19 @@ def stats(
         print(json.dumps(out))
     elif not names:
         print(f"no campaigns under namespace {settings.namespace!r} in {settings.redis_url}", file=sys.stderr)
+
+
+@app.command()
+def alerts(
+    history: Annotated[
+        bool, typer.Option("--history", help="every firing/resolved record of the alerts topic, not just active ones")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Operator alerts: active ones from Redis, or (--history) every transition from the alerts topic."""
+    from livestream.alerts import show_alerts
+
+    show_alerts(_State.settings(), history=history, as_json=as_json)
 
 
 @app.command()

@@ -56,3 +56,12 @@ def summary(totals: dict[str, int]) -> dict[str, int]:
 
 def campaigns(client: redis.Redis, prefix: str) -> list[str]:
     return sorted(_text(m) for m in client.smembers(RedisKeys(prefix).campaigns()))
+
+
+def read_active_alerts(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
+    """Active operator alerts (``<prefix>alerts:active``), oldest first."""
+    import json
+
+    raw = client.hgetall(RedisKeys(prefix).active_alerts())
+    alerts = [json.loads(value) for value in raw.values()]
+    return sorted(alerts, key=lambda a: (a["at_ms"], a["alert_id"]))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -80,3 +82,13 @@ def test_alert_scenario_fires_and_resolves_each_alert_exactly_once(pipeline: Pip
         assert samples[f'livestream_alerts_total{{rule="{rule}"}}'] == 1
     assert samples['livestream_alerts_total{rule="payment_trouble"}'] == 0
     assert samples['livestream_alerts_total{rule="comment_spam"}'] == 0
+
+    # The operators' CLI lists the same transitions from the topic, and nothing active.
+    def cli(*args: str) -> list[dict[str, object]]:
+        command = [sys.executable, "-m", "livestream", "--namespace", pipeline.namespace, "alerts", "--json", *args]
+        done = subprocess.run(command, capture_output=True, text=True, check=True, timeout=60)
+        result: list[dict[str, object]] = json.loads(done.stdout)
+        return result
+
+    assert sorted((str(a["alert_id"]), str(a["status"])) for a in cli("--history")) == expected
+    assert cli() == []

@@ -128,3 +128,13 @@ def test_memory_records_are_valid_events_of_distinct_livestreams() -> None:
         decoded = decode_record(key, value, bounds)
         assert isinstance(decoded, Decoded)
         assert decoded.channel_id == key.decode()
+
+
+def test_bench_command_rejects_an_unknown_step_before_touching_services() -> None:
+    from typer.testing import CliRunner
+
+    from livestream.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--skip", "drain,nope"])
+    assert result.exit_code == 2
+    assert "nope" in result.output

@@ -1,0 +1,286 @@
+"""Shared pieces of the benchmark: results, /proc readings, percentiles, child processes, namespaces, cleanup.
+
+A measured consumer reports a :class:`Throughput`: the events it processed between its first and its last
+processed record, the wall time between them and the CPU time its process spent in that interval. Events per
+second are ``events / seconds`` and CPU seconds per million events ``cpu_s / events * 1e6``; the events already
+in hand at the first observation are not counted, so a consumer that was handed a whole batch before its clock
+started is not credited with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BENCH_ROOT = Path(".cache/bench")
+
+
+class BenchError(RuntimeError):
+    """A measurement that cannot be trusted: a miscount, a missing result, a process that died."""
+
+
+def log(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Events processed in the interval from the first to the last processed record of one worker process."""
+
+    events: int
+    seconds: float
+    cpu_s: float
+    total_events: int
+    """Every event the consumer processed (``events`` leaves out those in hand at its first observation)."""
+
+    @property
+    def eps(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else math.inf
+
+    @property
+    def cpu_s_per_m(self) -> float:
+        return self.cpu_s / self.events * 1e6 if self.events else math.nan
+
+
+@dataclass(frozen=True)
+class ChildResult:
+    """What a benchmark child (pass-through, quix, drain) writes to its result file: a throughput and per-partition
+    counts (records seen, highest offset seen), which the parent checks against the prefilled offsets."""
+
+    events: int
+    seconds: float
+    cpu_s: float
+    total_events: int
+    counts: dict[str, int]
+    highest: dict[str, int]
+
+    def throughput(self) -> Throughput:
+        return Throughput(self.events, self.seconds, self.cpu_s, self.total_events)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def read(cls, path: Path) -> ChildResult:
+        return cls(**json.loads(path.read_text()))
+
+
+class PartitionTally:
+    """Per-partition record counts and highest offsets, for exactness checks and the stop condition."""
+
+    def __init__(self, ends: dict[int, int]) -> None:
+        self.ends = ends
+        self.counts: dict[int, int] = dict.fromkeys(ends, 0)
+        self.highest: dict[int, int] = dict.fromkeys(ends, -1)
+        self.open = {p for p, end in ends.items() if end > 0}
+
+    def add(self, partition: int, count: int, highest: int) -> None:
+        """``count`` records of ``partition`` below the prefilled end were seen, the last at offset ``highest``."""
+        self.counts[partition] += count
+        if highest > self.highest[partition]:
+            self.highest[partition] = highest
+            if highest >= self.ends[partition] - 1:
+                self.open.discard(partition)
+
+    @property
+    def done(self) -> bool:
+        return not self.open
+
+    def as_json(self) -> tuple[dict[str, int], dict[str, int]]:
+        return {str(p): c for p, c in self.counts.items()}, {str(p): h for p, h in self.highest.items()}
+
+
+def check_exact(name: str, result: ChildResult, begins: dict[int, int], ends: dict[int, int]) -> None:
+    """Raise :class:`BenchError` unless every prefilled record of every partition was counted exactly once."""
+    for partition, end in ends.items():
+        want = end - begins.get(partition, 0)
+        got = result.counts.get(str(partition), 0)
+        highest = result.highest.get(str(partition), -1)
+        if got != want or (want and highest != end - 1):
+            raise BenchError(
+                f"{name}: partition {partition} counted {got} records up to offset {highest}, "
+                f"expected {want} up to {end - 1}"
+            )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, every thread included (from /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot, from /proc/stat: the machine's load, ours and others'."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of ``pid`` in MB (``VmRSS``, or ``VmHWM`` for the peak), from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no {field} in /proc/{pid}/status")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, by linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def new_namespace(prefix: str = "bench") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_child(module: str, args: list[str], result_path: Path, log_path: Path, timeout: float) -> ChildResult:
+    """Run ``python -m <module> <args>`` to completion and read the :class:`ChildResult` it wrote."""
+    result_path.unlink(missing_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args, "--result", str(result_path)], stdout=out, stderr=subprocess.STDOUT
+        )
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            raise BenchError(f"{module} did not finish in {timeout:.0f} s; log: {log_path}") from None
+    if code != 0 or not result_path.exists():
+        tail = log_path.read_text(errors="replace")[-2000:]
+        raise BenchError(f"{module} exited with {code} and no result; log {log_path}:\n{tail}")
+    return ChildResult.read(result_path)
+
+
+async def topic_offsets(bootstrap: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """Beginning and end offsets of every partition of ``topic``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        begins = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        return {tp.partition: begins[tp] for tp in tps}, {tp.partition: ends[tp] for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def _delete_topics(bootstrap: str, namespace: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if namespace in t]
+        if topics:
+            await admin.delete_topics(topics)
+        return len(topics)
+    finally:
+        await admin.close()
+
+
+def _delete_groups(bootstrap: str, namespace: str) -> int:
+    """Delete the consumer groups named after ``namespace`` (needs confluent-kafka, a quixstreams dependency)."""
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        return 0
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    listed = admin.list_consumer_groups(request_timeout=10).result()
+    groups = [g.group_id for g in listed.valid if namespace in g.group_id]
+    if groups:
+        for future in admin.delete_consumer_groups(groups, request_timeout=10).values():
+            with contextlib.suppress(Exception):
+                future.result()
+    return len(groups)
+
+
+def _remove_state(root: Path) -> None:
+    """Remove a namespace's state folders and result files, keeping its ``*.log`` files for inspection."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.suffix != ".log":
+            path.unlink(missing_ok=True)
+
+
+def cleanup_namespace(bootstrap: str, redis_url: str, namespace: str) -> None:
+    """Delete the namespace's topics (every topic whose name contains it), consumer groups, Redis keys and state
+    files (logs stay in ``.cache/bench/<namespace>/``). Each part is attempted even if another fails."""
+    done: list[str] = []
+
+    def redis_keys() -> int:
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(f"{namespace}:*", count=5000))
+        for i in range(0, len(keys), 5000):
+            client.delete(*keys[i : i + 5000])
+        return len(keys)
+
+    parts: list[tuple[str, Callable[[], int]]] = [
+        ("topics", lambda: asyncio.run(_delete_topics(bootstrap, namespace))),
+        ("groups", lambda: _delete_groups(bootstrap, namespace)),
+        ("Redis keys", redis_keys),
+    ]
+    for what, part in parts:
+        try:
+            done.append(f"{part()} {what}")
+        except Exception as exc:
+            log(f"could not delete the {what} of {namespace}: {exc!r}")
+    _remove_state(BENCH_ROOT / namespace)
+    log(f"cleaned {namespace}: {', '.join(done)}")
+
+
+def json_arg(text: str) -> dict[int, int]:
+    """``{"0": 12, ...}`` from the command line -> ``{0: 12, ...}``."""
+    return {int(k): int(v) for k, v in json.loads(text).items()}
+
+
+def elapsed_since(start: float) -> str:
+    return f"{time.monotonic() - start:.1f} s"
+
+
+def to_jsonable(value: Any) -> Any:
+    """Round floats for the final JSON line; NaN/inf become null."""
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else round(value, 2)
+    return value

@@ -1,0 +1,170 @@
+"""Latency from event produced to value visible in Redis, at a fixed rate of single-event records.
+
+The fair replay's events (in event-time order) are sent at ``rate`` events per second in 10 ms steps to a fresh
+pipeline's events topic while a worker runs, each with its event time set to the moment it is sent (so windows
+close once a minute per livestream, as live, not as fast as a replay runs through the fair's hours).
+
+For every view event the time it was handed to the producer is kept per livestream; Redis is polled every 10 ms
+(one pipelined ``HGET views`` per livestream), and when a livestream's ``views`` counter rises from ``a`` to ``b``
+the views ``a+1 .. b`` became visible at the poll's reply time. Latencies are therefore upper bounds, by at most
+one poll interval plus a round trip. Views sent in the first ``WARMUP_S`` seconds (a fresh worker's first
+batches) are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass
+
+import msgspec
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from agents.redis_mirror import RedisKeys
+from agents.startup import ensure_topics
+from livestream.bench.common import BenchError, log, percentile
+from livestream.bench.pipeline import start_worker, stop_worker, wait_ready
+from schemas.events import Event, View
+from stream.replay.generator import FairReplay
+from stream.replay.profile import OCOP_FAIR, scaled
+from stream.settings import Settings
+
+STEP_S = 0.01
+POLL_S = 0.01
+WARMUP_S = 2.0
+"""Views sent in the first seconds (a fresh worker's first batches, connections, caches) are not counted."""
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    rate: float
+    """Events per second asked for."""
+    achieved_rate: float
+    """Events sent / seconds spent sending."""
+    samples: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    p99_by_second: list[float]
+    """p99 (ms) of the views sent in each second of the run: a rising trend means the worker fell behind."""
+
+
+def fair_events(count: int, seed: int) -> list[tuple[bytes, Event, str, bool]]:
+    """The first ``count`` events of a fair scaled to hold them: (key, event, channel id, is a view)."""
+    scale = min(1.0, max(0.01, count / 3_400_000))
+    out: list[tuple[bytes, Event, str, bool]] = []
+    for minute in FairReplay(scaled(OCOP_FAIR, scale), seed).minutes():
+        for channel_id, events in minute.by_channel.items():
+            key = channel_id.encode()
+            out.extend((key, e, channel_id, isinstance(e, View)) for e in events)
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+async def _run(settings: Settings, rate: float, seconds: float, seed: int) -> LatencyResult:
+    records = fair_events(int(rate * seconds), seed)
+    keys = RedisKeys(settings.redis_prefix)
+    channels = sorted({r[2] for r in records})
+    sent_at: dict[str, list[float]] = {c: [] for c in channels}
+    seen = dict.fromkeys(channels, 0)
+    latencies: list[tuple[float, float]] = []
+    """(sent at, latency) in seconds."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=5,
+        compression_type="lz4",
+    )
+    await producer.start()
+    sending = True
+
+    async def poll() -> None:
+        while True:
+            pipe = client.pipeline(transaction=False)
+            for channel_id in channels:
+                pipe.hget(keys.channel(channel_id), "views")
+            values = await pipe.execute()
+            now = time.monotonic()
+            for channel_id, value in zip(channels, values, strict=True):
+                views = int(value) if value is not None else 0
+                start = seen[channel_id]
+                if views > start:
+                    times = sent_at[channel_id]
+                    if views > len(times):
+                        raise BenchError(f"{channel_id}: Redis shows {views} views, {len(times)} were sent")
+                    latencies.extend((t, now - t) for t in times[start:views])
+                    seen[channel_id] = views
+            if not sending and all(seen[c] == len(sent_at[c]) for c in channels):
+                return
+            await asyncio.sleep(POLL_S)
+
+    poller = asyncio.create_task(poll())
+    started = time.monotonic()
+    pending = []
+    try:
+        sent = 0
+        for step in itertools.count(1):
+            due = min(len(records), int(rate * STEP_S * step))
+            now, now_ms = time.monotonic(), int(time.time() * 1000)
+            for key, event, channel_id, is_view in records[sent:due]:
+                value = _encode(msgspec.structs.replace(event, ts_ms=now_ms))
+                pending.append(await producer.send(settings.events_topic, value, key=key))
+                if is_view:
+                    sent_at[channel_id].append(now)
+            sent = due
+            if sent >= len(records):
+                break
+            delay = started + STEP_S * step - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if poller.done():
+                poller.result()
+        send_seconds = time.monotonic() - started
+        await asyncio.gather(*pending)
+        sending = False
+        await asyncio.wait_for(poller, 120)
+    finally:
+        if not poller.done():
+            poller.cancel()
+        await producer.stop()
+        await client.aclose()
+    if not latencies:
+        raise BenchError("no view became visible in Redis")
+    latencies = [(at, x) for at, x in latencies if at - started >= WARMUP_S]
+    if not latencies:
+        raise BenchError(f"no view sent after the {WARMUP_S:.0f} s warm-up became visible in Redis")
+    ms = [x * 1000 for _, x in latencies]
+    by_second: dict[int, list[float]] = {}
+    for at, latency in latencies:
+        by_second.setdefault(int(at - started), []).append(latency * 1000)
+    return LatencyResult(
+        rate,
+        len(records) / send_seconds,
+        len(ms),
+        percentile(ms, 50),
+        percentile(ms, 99),
+        max(ms),
+        [percentile(by_second[s], 99) for s in sorted(by_second)],
+    )
+
+
+def measure_latency(settings: Settings, rate: float, seconds: float, seed: int = 11) -> LatencyResult:
+    """Start a worker on a fresh namespace, send the fair at ``rate`` events/s for ``seconds``, time views to Redis."""
+    asyncio.run(ensure_topics(settings))
+    log_path = settings.data_dir.parent / "latency-worker.log"
+    proc = start_worker(settings, log_path)
+    try:
+        wait_ready(settings.web_port, proc, log_path)
+        log(f"latency: sending {int(rate * seconds):,} single-event records at {rate:,.0f}/s")
+        result = asyncio.run(_run(settings, rate, seconds, seed))
+        if proc.poll() is not None:
+            raise BenchError(f"worker exited with {proc.returncode}; log {log_path}")
+        return result
+    finally:
+        stop_worker(proc)

@@ -1,0 +1,138 @@
+"""The benchmark's output: a table of figures and targets, and one final JSON line (pure functions, no services).
+
+Figures are kept in a flat dict keyed like the JSON line. :data:`REQUIRED_KEYS` are always present in the JSON
+line (``null`` when their step was skipped or failed); extra keys (CPU seconds per million events, peaks, rates)
+follow them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from livestream.bench.common import to_jsonable
+
+REQUIRED_KEYS: Final = (
+    "faust_passthrough_eps",
+    "pipeline_single_eps",
+    "pipeline_batch_eps",
+    "quix_window_eps",
+    "aiokafka_drain_eps",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "rss_mb_1k",
+    "rss_mb_10k",
+    "rss_mb_100k",
+    "fair_replay_seconds",
+)
+
+Figures = Mapping[str, float | int | None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One target of the issue: ``value`` compared with ``limit`` (``>=`` or ``<``/``<=``); None if not measured."""
+
+    name: str
+    value: float | None
+    op: str
+    limit: float
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None or not math.isfinite(self.value):
+            return None
+        if self.op == ">=":
+            return self.value >= self.limit
+        if self.op == "<":
+            return self.value < self.limit
+        return self.value <= self.limit
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "not measured"}[self.met]
+
+
+def _get(figures: Figures, key: str) -> float | None:
+    value = figures.get(key)
+    return None if value is None else float(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def targets(figures: Figures) -> list[Target]:
+    """The targets of the issue, evaluated on figures of one run."""
+    single, passthrough = _get(figures, "pipeline_single_eps"), _get(figures, "faust_passthrough_eps")
+    batch, quix = _get(figures, "pipeline_batch_eps"), _get(figures, "quix_window_eps")
+    return [
+        Target("pipeline single / faust pass-through", _ratio(single, passthrough), ">=", 0.9),
+        Target("pipeline batch events/s per worker", batch, ">=", 150_000),
+        Target("pipeline batch / quixstreams window", _ratio(batch, quix), ">=", 1.5),
+        Target("p99 event -> Redis at 50% max rate (ms)", _get(figures, "latency_p99_ms"), "<", 1000),
+        Target("RSS at 100k active livestreams (MB)", _get(figures, "rss_mb_100k"), "<=", 300),
+        Target("full fair replay wall (s)", _get(figures, "fair_replay_seconds"), "<", 30),
+    ]
+
+
+def final_line(figures: Figures) -> str:
+    """The JSON line: every required key (null if missing), then the extra keys, floats rounded to 2 places."""
+    line = {key: to_jsonable(figures.get(key)) for key in REQUIRED_KEYS}
+    line.update({k: to_jsonable(v) for k, v in figures.items() if k not in line})
+    return json.dumps(line)
+
+
+def _fmt(value: float | int | None, unit: str = "") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}{unit}"
+    return f"{value:,.2f}{unit}"
+
+
+THROUGHPUT_ROWS: Final = (
+    ("aiokafka drain (transport ceiling)", "aiokafka_drain"),
+    ("faust pass-through (ceiling)", "faust_passthrough"),
+    ("quixstreams 1-min window count", "quix_window"),
+    ("pipeline, single-event records", "pipeline_single"),
+    ("pipeline, batch envelopes", "pipeline_batch"),
+)
+
+
+def table(figures: Figures) -> str:
+    """A plain-text table of the figures and the targets."""
+    lines = [f"{'consumer (one worker process)':<40} {'events/s':>12} {'CPU s / M events':>17} {'events':>10}"]
+    for label, key in THROUGHPUT_ROWS:
+        lines.append(
+            f"{label:<40} {_fmt(figures.get(f'{key}_eps')):>12} {_fmt(figures.get(f'{key}_cpu_s_per_m')):>17} "
+            f"{_fmt(figures.get(f'{key}_events')):>10}"
+        )
+    lines.append("")
+    lines.append(
+        f"latency event -> Redis at {_fmt(figures.get('latency_rate_eps'))} events/s: "
+        f"p50 {_fmt(figures.get('latency_p50_ms'), ' ms')}, p99 {_fmt(figures.get('latency_p99_ms'), ' ms')}, "
+        f"max {_fmt(figures.get('latency_max_ms'), ' ms')} ({_fmt(figures.get('latency_samples'))} views)"
+    )
+    for n in ("1k", "10k", "100k"):
+        lines.append(
+            f"worker RSS with {n:>4} active livestreams: {_fmt(figures.get(f'rss_mb_{n}'), ' MB')} "
+            f"(peak {_fmt(figures.get(f'rss_peak_mb_{n}'), ' MB')}, "
+            f"idle {_fmt(figures.get(f'rss_idle_mb_{n}'), ' MB')})"
+        )
+    lines.append(
+        f"full fair replay (demo --once): {_fmt(figures.get('fair_replay_seconds'), ' s')} wall, "
+        f"{_fmt(figures.get('fair_events'))} events, exact totals"
+        if figures.get("fair_replay_seconds") is not None
+        else "full fair replay (demo --once): -"
+    )
+    lines.append("")
+    lines.append(f"{'target':<44} {'value':>12} {'':>2} {'limit':>10}  verdict")
+    for target in targets(figures):
+        lines.append(
+            f"{target.name:<44} {_fmt(target.value):>12} {target.op:>2} {_fmt(target.limit):>10}  {target.verdict}"
+        )
+    return "\n".join(lines)
