@@ -42,7 +42,7 @@ class CampaignAggregator:
         self.input_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
         self.stats_topic = app.topic(settings.campaign_stats_topic, partitions=1, schema=raw_bytes())
         self.alerts_topic = app.topic(settings.alerts_topic, partitions=settings.partitions, schema=raw_bytes())
-        self.table = raw_table(app, "campaign-state", 1, "campaign aggregator state")
+        self.table = raw_table(app, "campaign-state", 1, "campaign aggregator state", settings)
         self.states = PartitionedTable(self.table)
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.campaign_stats_topic], campaign_window_identity)
         self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
@@ -126,6 +126,8 @@ class CampaignAggregator:
         for change in alerts:
             (self.live.alerts_fired if change.status == "firing" else self.live.alerts_resolved)[change.rule] += 1
         self.live.pending_campaign.extend((w.campaign, w.start_ms, w.counters, w.livestreams) for w in windows)
+        if windows or alerts:
+            self.live.changed.set()
 
     def publish(self, state: campaign.CampaignState, now_ms: int) -> None:
         """Active campaign alerts into the live snapshot (Redis and /metrics read them from there)."""

@@ -46,7 +46,7 @@ from stream.alerts import (
 )
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
-from stream.snapshot import ClosedWindow, LiveSnapshot
+from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
 from stream.state import (
     ChannelState,
     FoldEffects,
@@ -63,6 +63,8 @@ from stream.state import (
 
 log = logging.getLogger(__name__)
 TICK_KEY = b"__tick__"
+CURSOR_KEY = b"\x00cursor"
+"""Key of a partition's cursor row in the event-ids table (id rows are ``channel|bucket``)."""
 _stats_encoder = msgspec.json.Encoder()
 _id_encoder = msgspec.msgpack.Encoder()
 _id_decoder = msgspec.msgpack.Decoder(dict[str, int])
@@ -78,8 +80,12 @@ def raw_bytes() -> faust.Schema:
     return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 
 
-def raw_table(app: faust.App, name: str, partitions: int, help_text: str) -> Any:
-    """A RocksDB-backed table of raw bytes (key and value types must be set on the Table itself)."""
+def raw_table(app: faust.App, name: str, partitions: int, help_text: str, settings: Settings) -> Any:
+    """A RocksDB-backed table of raw bytes (key and value types must be set on the Table itself).
+
+    RocksDB buffers are sized for a worker's share of a fair, not faust's server defaults (64 MB memtables, three
+    of them, and a 2 GB block cache per table partition), which would let a worker grow to gigabytes.
+    """
     return app.Table(
         name,
         default=None,
@@ -88,6 +94,12 @@ def raw_table(app: faust.App, name: str, partitions: int, help_text: str) -> Any
         key_type=bytes,
         value_type=bytes,
         schema=raw_bytes(),
+        options={
+            "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
+            "max_write_buffer_number": 2,
+            "target_file_size_base": 16 * 1024 * 1024,
+            "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024,
+        },
     )
 
 
@@ -119,16 +131,15 @@ class Fold:
                 settings.stats_hop_topic, partitions=parts, schema=raw_bytes()
             ),
         }
-        self.table = raw_table(app, "channel-state", parts, "ChannelState per livestream")
+        self.table = raw_table(app, "channel-state", parts, "ChannelState per livestream", settings)
         self.states = PartitionedTable(self.table)
         self.ids_table = raw_table(
-            app, "event-ids", parts, "applied event ids per livestream and event-time minute (dedup of retries)"
+            app, "event-ids", parts, "applied event ids per livestream and event-time minute (retry dedup)", settings
         )
         self.id_rows = PartitionedTable(self.ids_table)
-        self.cursor_table = raw_table(
-            app, "partition-cursor", parts, "offset of the last events record processed, per partition"
-        )
-        self.cursor_rows = PartitionedTable(self.cursor_table)
+        # The offset of the last events record processed per partition lives in the same table, in its partition,
+        # under a key no livestream can have (one RocksDB per table partition is memory; a table of 4 keys is waste).
+        self.cursor_rows = self.id_rows
         self.cursors: dict[int, int] = {}
         self.app = app
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
@@ -244,7 +255,7 @@ class Fold:
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
         for partition, source in cursor_sources.items():
-            self.cursor_rows.set(str(partition).encode(), str(self.cursors[partition]).encode(), source)
+            self.cursor_rows.set(CURSOR_KEY, str(self.cursors[partition]).encode(), source)
             highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
             if highwater is not None:
                 live.lag[partition] = max(0, highwater - self.cursors[partition] - 1)
@@ -268,6 +279,8 @@ class Fold:
         live.late_events += len(effects.late)
         for change, _ in changes:
             (live.alerts_fired if change.status == "firing" else live.alerts_resolved)[change.rule] += 1
+        if live.dirty or live.pending_closed:
+            live.changed.set()
         for late_event in effects.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
         await self._send_progress(batch_partitions, ticks)
@@ -297,21 +310,23 @@ class Fold:
                 continue
             self.scanned_at[partition] = clock
             tick_ms = int(tick.message.timestamp * 1000) if tick is not None else -1
-            candidates = {cid: entry[0] for cid, entry in touched.items() if entry[0].partition == partition}
-            for channel_id, state in live.channels.items():
-                if state.partition == partition and channel_id not in candidates:
-                    candidates[channel_id] = state
-            for channel_id, state in candidates.items():
-                if state.ended_ms >= 0:
-                    if state.windows and clock >= state.ended_ms + grace_ms and channel_id not in touched:
+            candidates = {
+                cid: ChannelView.of(entry[0]) for cid, entry in touched.items() if entry[0].partition == partition
+            }
+            for channel_id, view in live.channels.items():
+                if view.partition == partition and channel_id not in candidates:
+                    candidates[channel_id] = view
+            for channel_id, view in candidates.items():
+                if view.ended_ms >= 0:
+                    if view.open_windows and clock >= view.ended_ms + grace_ms and channel_id not in touched:
                         touched[channel_id] = (self._state(channel_id, source, touched), source)
                     continue
-                if not rule.enabled or "stream_down" in state.alerts or state.concurrent < rule.min_viewers:
+                if not rule.enabled or "stream_down" in (view.alerts or ()) or view.concurrent < rule.min_viewers:
                     continue
                 own_clock = clock
-                if tick_ms >= 0 and state.last_wall_ms >= 0:
-                    own_clock = max(own_clock, state.max_ts_ms + tick_ms - state.last_wall_ms)
-                if own_clock - state.max_ts_ms < silence_ms:
+                if tick_ms >= 0 and view.last_wall_ms >= 0:
+                    own_clock = max(own_clock, view.max_ts_ms + tick_ms - view.last_wall_ms)
+                if own_clock - view.max_ts_ms < silence_ms:
                     continue
                 current = self._state(channel_id, source, touched)
                 change = evaluate_silence(current, own_clock, self.rules)
@@ -386,7 +401,7 @@ class Fold:
         """
         cursor = self.cursors.get(partition)
         if cursor is None:
-            stored = self.cursor_rows.get(str(partition).encode(), source)
+            stored = self.cursor_rows.get(CURSOR_KEY, source)
             cursor = int(stored) if stored is not None else -1
         self.cursors[partition] = max(cursor, offset)
         if cursor < 0 or offset <= cursor + 1:

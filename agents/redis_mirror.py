@@ -1,4 +1,5 @@
-"""Mirrors the live snapshot into Redis, the serving layer, every ``redis_flush_interval_s``.
+"""Mirrors the live snapshot into Redis, the serving layer: soon after each processed batch (at most one flush per
+``redis_flush_interval_s``), and at least every that long while anything is pending.
 
 Only absolute values are written (HSET of current totals, ZADD of GMV, PFADD of viewer ids, SADD of
 memberships), in one pipelined round trip per flush, so replays and retries can never double count in Redis.
@@ -19,6 +20,8 @@ Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -30,12 +33,15 @@ import redis.asyncio as aioredis
 from schemas.alerts import AlertRecord
 from stream.alerts import RULES, alert_id
 from stream.settings import Settings
-from stream.snapshot import ClosedWindow, LiveSnapshot
-from stream.state import ChannelState, Counters
+from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
+from stream.state import Counters
 
 log = logging.getLogger(__name__)
 WINDOW_TTL_S = 7 * 86_400
 PFADD_CHUNK = 5_000
+PIPELINE_CHUNK = 4_000
+"""Commands per pipelined round trip: bounds the memory a flush of many livestreams needs."""
+MERGE_CHUNK = 500
 
 
 class RedisKeys:
@@ -67,7 +73,7 @@ class RedisKeys:
 CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
 
 
-def channel_alert_records(state: ChannelState) -> dict[str, AlertRecord]:
+def channel_alert_records(state: ChannelView) -> dict[str, AlertRecord]:
     """The active alerts of a livestream as records, by ``rule|channel`` field."""
     return {
         f"{rule}|{state.channel_id}": AlertRecord(
@@ -84,11 +90,11 @@ def channel_alert_records(state: ChannelState) -> dict[str, AlertRecord]:
             summary=alert.summary,
             emitted_at_ms=0,
         )
-        for rule, alert in state.alerts.items()
+        for rule, alert in (state.alerts or {}).items()
     }
 
 
-def channel_hash(state: ChannelState, unique_viewers: int) -> dict[Any, str | int]:
+def channel_hash(state: ChannelView, unique_viewers: int) -> dict[Any, str | int]:
     fields: dict[Any, str | int] = dict(state.totals.as_dict())
     fields.update(
         channel_id=state.channel_id,
@@ -101,7 +107,7 @@ def channel_hash(state: ChannelState, unique_viewers: int) -> dict[Any, str | in
         last_ts_ms=state.last_ts_ms,
         late_events=state.late_events,
         ended=int(state.ended_ms >= 0),
-        active_alerts=",".join(sorted(state.alerts)),
+        active_alerts=",".join(sorted(state.alerts or ())),
         updated_at_ms=int(time.time() * 1000),
     )
     return fields
@@ -151,36 +157,55 @@ class RedisMirror:
         # The states as of now: the fold replaces (never mutates) a channel's state object after each batch, so
         # these references stay consistent with the viewer ids taken with them while the writes below await.
         states = {cid: live.channels[cid] for cid in dirty if cid in live.channels}
+        windows_written = {cid: live.pending_windows[cid] for cid in states if cid in live.pending_windows}
         campaigns: dict[str, list[str]] = {}
         for channel_id, state in states.items():
             campaigns.setdefault(state.campaign, []).append(channel_id)
 
+        # Viewers: each id once per flush into its livestream's HyperLogLog; the campaign's HyperLogLog is the union
+        # of its livestreams' (PFMERGE), which gives the same registers as adding every id to it.
+        merge_into: dict[str, list[str]] = {}
         pipe = self.client.pipeline(transaction=False)
+        queued = 0
         for channel_id, ids in viewers.items():
+            unique = list(dict.fromkeys(ids))
+            for i in range(0, len(unique), PFADD_CHUNK):
+                pipe.pfadd(keys.channel_viewers(channel_id), *unique[i : i + PFADD_CHUNK])
+                queued += 1
             owner = states.get(channel_id) or live.channels.get(channel_id)
-            campaign = owner.campaign if owner is not None else ""
-            for i in range(0, len(ids), PFADD_CHUNK):
-                chunk = ids[i : i + PFADD_CHUNK]
-                pipe.pfadd(keys.channel_viewers(channel_id), *chunk)
-                if campaign:
-                    pipe.pfadd(keys.campaign(campaign, "viewers"), *chunk)
-        for channel_id in states:
-            pipe.pfcount(keys.channel_viewers(channel_id))
-        for campaign in campaigns:
-            pipe.pfcount(keys.campaign(campaign, "viewers"))
-        results = await pipe.execute()
-        counts = results[len(results) - len(states) - len(campaigns) :]
-        for channel_id, count in zip(states, counts[: len(states)], strict=True):
-            live.unique_viewers[channel_id] = int(count)
-        for campaign, count in zip(campaigns, counts[len(states) :], strict=True):
-            live.unique_viewers[f"campaign:{campaign}"] = int(count)
+            if owner is not None and owner.campaign:
+                merge_into.setdefault(owner.campaign, []).append(keys.channel_viewers(channel_id))
+            if queued >= PIPELINE_CHUNK:
+                await pipe.execute()
+                queued = 0
+        for campaign, sources in merge_into.items():
+            target = keys.campaign(campaign, "viewers")
+            for i in range(0, len(sources), MERGE_CHUNK):
+                pipe.pfmerge(target, target, *sources[i : i + MERGE_CHUNK])
+        await pipe.execute()
+        counted = list(states)
+        for i in range(0, len(counted), PIPELINE_CHUNK):
+            pipe = self.client.pipeline(transaction=False)
+            for channel_id in counted[i : i + PIPELINE_CHUNK]:
+                pipe.pfcount(keys.channel_viewers(channel_id))
+            for channel_id, count in zip(counted[i : i + PIPELINE_CHUNK], await pipe.execute(), strict=True):
+                live.unique_viewers[channel_id] = int(count)
+        if campaigns:
+            pipe = self.client.pipeline(transaction=False)
+            for campaign in campaigns:
+                pipe.pfcount(keys.campaign(campaign, "viewers"))
+            for campaign, count in zip(campaigns, await pipe.execute(), strict=True):
+                live.unique_viewers[f"campaign:{campaign}"] = int(count)
 
         pipe = self.client.pipeline(transaction=False)
         for campaign, channel_ids in campaigns.items():
-            pipe.sadd(keys.campaigns(), campaign)
-            pipe.sadd(keys.campaign(campaign, "channels"), *channel_ids)
-            pipe.sadd(keys.campaign(campaign, "creators"), *{c for cid in channel_ids for c in states[cid].creators})
-            pipe.zadd(keys.campaign(campaign, "gmv"), {cid: states[cid].totals.gmv_vnd for cid in channel_ids})
+            for i in range(0, len(channel_ids), PIPELINE_CHUNK):
+                part = channel_ids[i : i + PIPELINE_CHUNK]
+                pipe.sadd(keys.campaigns(), campaign)
+                pipe.sadd(keys.campaign(campaign, "channels"), *part)
+                pipe.sadd(keys.campaign(campaign, "creators"), *{c for cid in part for c in states[cid].creators})
+                pipe.zadd(keys.campaign(campaign, "gmv"), {cid: states[cid].totals.gmv_vnd for cid in part})
+        queued = 0
         for channel_id, state in states.items():
             pipe.hset(keys.channel(channel_id), mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
             active = channel_alert_records(state)
@@ -190,15 +215,23 @@ class RedisMirror:
                     pipe.hset(keys.active_alerts(), field, msgspec.json.encode(active[field]))
                 else:
                     pipe.hdel(keys.active_alerts(), field)
-            for start_ms, counters in state.windows.items():
+            for start_ms, counters in windows_written.get(channel_id, {}).items():
                 key = keys.window(channel_id, start_ms)
                 pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
                 pipe.expire(key, WINDOW_TTL_S)
+            queued += 1
+            if queued >= PIPELINE_CHUNK // 8:  # about 8 commands per livestream
+                await pipe.execute()
+                pipe = self.client.pipeline(transaction=False)
+                queued = 0
         for window in closed:
             key = keys.window(window.channel_id, window.start_ms, window.size_ms)
             pipe.hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
             pipe.expire(key, WINDOW_TTL_S)
         await pipe.execute()
+        for channel_id, written in windows_written.items():
+            if live.pending_windows.get(channel_id) is written:  # not replaced by a newer state meanwhile
+                del live.pending_windows[channel_id]
 
     async def _write_campaign(self, windows: list[tuple[str, int, Counters, int]], alerts_changed: bool) -> None:
         keys, pipe = self.keys, self.client.pipeline(transaction=False)
@@ -228,8 +261,17 @@ class RedisMirror:
 def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> RedisMirror:
     mirror = RedisMirror(settings, live)
 
-    @app.timer(settings.redis_flush_interval_s, name="redis-mirror")
+    @app.task
     async def mirror_to_redis() -> None:
-        await mirror.flush()
+        """Flush when a batch changed the snapshot; flushes start at least ``redis_flush_interval_s`` apart, so a
+        busy worker writes Redis a few times a second and a quiet one right after each change."""
+        interval = settings.redis_flush_interval_s
+        while not app.should_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.changed.wait(), timeout=interval)
+            live.changed.clear()
+            started = time.monotonic()
+            await mirror.flush()
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     return mirror

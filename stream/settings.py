@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     # Processing.
     batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a processing batch")
-    redis_flush_interval_s: float = Field(0.25, gt=0, description="how often dirty state is mirrored to Redis")
+    redis_flush_interval_s: float = Field(
+        0.1, gt=0, description="least time between two Redis flushes (a flush follows each processed batch)"
+    )
     window_size_s: int = Field(60, ge=1, description="tumbling window length")
     window_grace_s: int = Field(10, ge=0, description="a window accepts events until watermark >= end + grace")
     allowed_lateness_s: int = Field(0, ge=0, description="watermark = max event time seen - allowed lateness")
@@ -46,6 +48,14 @@ class Settings(BaseSettings):
     idle_tick_s: float = Field(5.0, gt=0, description="how often each owned partition gets an idle-check tick")
     max_future_s: int = Field(3600, ge=0, description="events further ahead of wall clock are dead letters")
     max_past_days: int = Field(3650, ge=0, description="events older than this are dead letters")
+
+    # State stores (one RocksDB per table partition).
+    rocksdb_write_buffer_mb: int = Field(
+        1, ge=1, description="RocksDB memtable size per table partition (faust's default is 64 MB)"
+    )
+    rocksdb_block_cache_mb: int = Field(
+        1, ge=1, description="RocksDB block cache per table partition (faust's default is 2 GB)"
+    )
 
     # Alerts.
     alert_rules: Path | None = Field(

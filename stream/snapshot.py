@@ -7,12 +7,57 @@ of revoked partitions are dropped: their new owner serves them.
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+import msgspec
+
 from schemas.alerts import AlertRecord
-from stream.alerts import RULES
+from stream.alerts import RULES, ActiveAlert
 from stream.state import COUNTER_FIELDS, ChannelState, Counters
+
+
+class ChannelView(msgspec.Struct, gc=False):
+    """What the serving side needs of a livestream (a few hundred bytes; the full state carries kilobytes of
+    fold memory: dedup buckets, comment tallies, rule history)."""
+
+    channel_id: str
+    campaign: str
+    creators: list[str]
+    totals: Counters
+    concurrent: int
+    peak_concurrent: int
+    first_ts_ms: int
+    last_ts_ms: int
+    max_ts_ms: int
+    late_events: int
+    ended_ms: int
+    partition: int
+    last_wall_ms: int
+    open_windows: int
+    alerts: dict[str, ActiveAlert] | None
+
+    @classmethod
+    def of(cls, state: ChannelState) -> ChannelView:
+        return cls(
+            state.channel_id,
+            sys.intern(state.campaign),
+            state.creators,
+            state.totals,
+            state.concurrent,
+            state.peak_concurrent,
+            state.first_ts_ms,
+            state.last_ts_ms,
+            state.max_ts_ms,
+            state.late_events,
+            state.ended_ms,
+            state.partition,
+            state.last_wall_ms,
+            len(state.windows),
+            state.alerts or None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,13 +73,15 @@ class ClosedWindow:
 
 @dataclass
 class LiveSnapshot:
-    channels: dict[str, ChannelState] = field(default_factory=dict)
+    channels: dict[str, ChannelView] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     """Channels changed since the last Redis flush."""
     pending_viewers: dict[str, list[str]] = field(default_factory=dict)
     """Viewer ids not yet added to the channel's HyperLogLog (PFADD is idempotent, so a retry is harmless)."""
     pending_closed: list[ClosedWindow] = field(default_factory=list)
     """Final windows not yet written to Redis."""
+    pending_windows: dict[str, dict[int, Counters]] = field(default_factory=dict)
+    """Open windows of dirty channels, as of their latest state, until the mirror has written them."""
     unique_viewers: dict[str, int] = field(default_factory=dict)
     """Latest HyperLogLog estimate per channel id and per ``campaign:<name>``, refreshed by the Redis mirror."""
 
@@ -49,6 +96,9 @@ class LiveSnapshot:
     alerts_fired: Counter[str] = field(default_factory=Counter)
     """Firing alert records published by this worker, by rule."""
     alerts_resolved: Counter[str] = field(default_factory=Counter)
+
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set after each batch that changed the snapshot (wakes the Redis mirror)."""
 
     ready: bool = False
     """True once this worker owns partitions, recovered its tables and loaded their states."""
@@ -71,8 +121,12 @@ class LiveSnapshot:
     redis_flushes: int = 0
 
     def update(self, state: ChannelState) -> None:
-        self.channels[state.channel_id] = state
+        self.channels[state.channel_id] = ChannelView.of(state)
         self.dirty.add(state.channel_id)
+        if state.windows:
+            self.pending_windows[state.channel_id] = state.windows
+        else:
+            self.pending_windows.pop(state.channel_id, None)
         bounds = self.open_bounds.setdefault(state.partition, {})
         if state.windows:
             bounds[state.channel_id] = state.closed_through_ms
@@ -83,7 +137,7 @@ class LiveSnapshot:
         """Active alerts by rule: of the livestreams this worker owns, and of the campaigns it aggregates."""
         firing: dict[str, int] = dict.fromkeys(RULES, 0)
         for state in self.channels.values():
-            for rule in state.alerts:
+            for rule in state.alerts or ():
                 firing[rule] = firing.get(rule, 0) + 1
         for active in self.campaign_alerts.values():
             for rule in active:
@@ -114,6 +168,7 @@ class LiveSnapshot:
         for channel_id in [c for c, s in self.channels.items() if s.partition in partitions]:
             del self.channels[channel_id]
             self.dirty.discard(channel_id)
+            self.pending_windows.pop(channel_id, None)
             self.pending_viewers.pop(channel_id, None)
 
     def totals(self) -> Counters:
@@ -126,10 +181,10 @@ class LiveSnapshot:
     def concurrent_viewers(self) -> int:
         return sum(max(0, s.concurrent) for s in self.channels.values())
 
-    def top_channels(self, k: int) -> tuple[list[ChannelState], list[ChannelState]]:
+    def top_channels(self, k: int) -> tuple[list[ChannelView], list[ChannelView]]:
         """The ``k`` channels with the highest GMV (ties by id) and the rest."""
         ranked = sorted(self.channels.values(), key=lambda s: (-s.totals.gmv_vnd, s.channel_id))
         return ranked[:k], ranked[k:]
 
 
-__all__ = ["COUNTER_FIELDS", "ClosedWindow", "LiveSnapshot"]
+__all__ = ["COUNTER_FIELDS", "ChannelView", "ClosedWindow", "LiveSnapshot"]
