@@ -9,6 +9,7 @@ emitted twice. Windows of a livestream close in start order, so the newest start
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -67,8 +68,9 @@ class EmittedIndex:
             return
         started = time.monotonic()
         count = 0
-        for topic in self.topics:
-            for record in await read_to_end(self.bootstrap, topic, partitions):
+        per_topic = await asyncio.gather(*(read_to_end(self.bootstrap, topic, partitions) for topic in self.topics))
+        for records in per_topic:
+            for record in records:
                 if record.value is not None:
                     self.mark(*self.identity(record.value))
                     count += 1

@@ -30,6 +30,7 @@ from faust.types import TP, EventT
 
 from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
+from agents.startup import shorten_fetch_wait
 from agents.table_context import PartitionedTable
 from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
@@ -157,8 +158,8 @@ class Fold:
     async def process_batch(self, batch: list[EventT]) -> None:
         settings, live, spec = self.settings, self.live, self.spec
         batch_partitions = {event.message.partition for event in batch}
-        await self.emitted.load(batch_partitions)
-        await self.alert_index.load(batch_partitions)
+        if not batch_partitions <= self.emitted.loaded or not batch_partitions <= self.alert_index.loaded:
+            await asyncio.gather(self.emitted.load(batch_partitions), self.alert_index.load(batch_partitions))
         now_ms = int(time.time() * 1000)
         bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
         effects = FoldEffects(gap_ms=stream_down_gap_ms(self.rules))
@@ -477,6 +478,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def resync_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
         live.resync_pending = True
+        shorten_fetch_wait(app, settings.consumer_fetch_wait_ms)
 
     @app.timer(1.0, name="resync-live-snapshot")
     async def resync_live_snapshot() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -71,3 +72,20 @@ async def prepare_kafka(settings: Settings) -> None:
         await commit_initial_offsets(settings)
     except Exception as exc:
         log.info("initial offsets not committed (%r); the group is already running", exc)
+
+
+def shorten_fetch_wait(app: Any, max_wait_ms: int) -> None:
+    """Make the worker's Kafka consumer answer within ``max_wait_ms`` when a fetch finds no new record.
+
+    faust-streaming 0.15.3 creates its aiokafka consumer with ``fetch_max_wait_ms=1500`` and no setting to change
+    it. A fetch request leaves out partitions that still have records buffered in the client, and waits up to that
+    long for data on the rest; records arriving meanwhile on the left-out partitions wait for it too. Measured here:
+    event-to-Redis latency p50 1.6 s with 1500 ms, 0.15 s with 100 ms. Call once the consumer exists (on
+    partition assignment); aiokafka reads the value at every fetch.
+    """
+    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
+        fetcher._fetch_max_wait_ms = max_wait_ms
+    else:
+        log.warning("could not shorten the consumer's fetch wait (faust or aiokafka internals changed)")

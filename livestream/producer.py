@@ -9,11 +9,12 @@ The producer is idempotent (``enable_idempotence``), so its own retries never du
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -22,7 +23,7 @@ from agents.startup import ensure_topics
 from schemas.events import Batch
 from stream.replay.generator import FairReplay, MinuteSlice
 from stream.replay.oracle import Oracle
-from stream.replay.profile import OCOP_FAIR, scaled
+from stream.replay.profile import OCOP_FAIR, FairProfile, scaled
 from stream.settings import Settings
 
 _encode = msgspec.json.Encoder().encode
@@ -45,6 +46,34 @@ class ReplayResult:
     seconds: float
 
 
+EncodedMinute = tuple[int, list[tuple[bytes, bytes]], int]
+"""One fair minute ready to send: its start, its (key, value) records in order, and how many events they hold."""
+
+
+def encode_minutes(replay: Replay, batch: int) -> Iterator[EncodedMinute]:
+    """The replay's minutes as Kafka records: single events, or envelopes of up to ``batch`` events."""
+    for minute in replay.minutes():
+        records: list[tuple[bytes, bytes]] = []
+        events = 0
+        for channel_id, channel_events in minute.by_channel.items():
+            key = channel_id.encode()
+            if batch > 1:
+                for i in range(0, len(channel_events), batch):
+                    records.append((key, _encode(Batch(channel_id=channel_id, events=channel_events[i : i + batch]))))
+            else:
+                records.extend((key, _encode(event)) for event in channel_events)
+            events += len(channel_events)
+        yield minute.start_ms, records, events
+
+
+def _generate_in_child(profile: FairProfile, seed: int, batch: int, queue: Any) -> None:
+    """Child process: generate and encode the fair minute by minute into ``queue``, then its oracle."""
+    replay = FairReplay(profile, seed)
+    for item in encode_minutes(replay, batch):
+        queue.put(item)
+    queue.put(replay.oracle)
+
+
 async def produce_replay(
     replay: Replay,
     bootstrap: str,
@@ -54,7 +83,63 @@ async def produce_replay(
     speed: float = 0.0,
     on_minute: Callable[[int, int], None] | None = None,
 ) -> ReplayResult:
-    """Send the whole replay; returns its oracle (complete once sent) and what was sent."""
+    """Send the whole replay (generated in this process); returns its oracle and what was sent."""
+
+    async def minutes() -> AsyncIterator[EncodedMinute]:
+        for item in encode_minutes(replay, batch):
+            yield item
+
+    result = await _produce(minutes(), bootstrap, topic, speed=speed, on_minute=on_minute)
+    return ReplayResult(oracle=replay.oracle, records=result[0], events=result[1], seconds=result[2])
+
+
+async def produce_generated_fair(
+    profile: FairProfile,
+    seed: int,
+    bootstrap: str,
+    topic: str,
+    *,
+    batch: int = 1,
+    speed: float = 0.0,
+    on_minute: Callable[[int, int], None] | None = None,
+) -> ReplayResult:
+    """Send the fair of ``(profile, seed)``, generated and encoded in a child process while this one sends, so
+    generation and sending use two cores. Same records, in the same order, as :func:`produce_replay`."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue(maxsize=64)
+    child = context.Process(target=_generate_in_child, args=(profile, seed, batch, queue), daemon=True)
+    child.start()
+    loop = asyncio.get_running_loop()
+    oracle: list[Oracle] = []
+
+    async def minutes() -> AsyncIterator[EncodedMinute]:
+        while True:
+            item = await loop.run_in_executor(None, queue.get)
+            if isinstance(item, Oracle):
+                oracle.append(item)
+                return
+            yield item
+
+    try:
+        records, events, seconds = await _produce(minutes(), bootstrap, topic, speed=speed, on_minute=on_minute)
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    if child.exitcode != 0 or not oracle:
+        raise RuntimeError(f"replay generator process failed (exit code {child.exitcode})")
+    return ReplayResult(oracle=oracle[0], records=records, events=events, seconds=seconds)
+
+
+async def _produce(
+    minutes: AsyncIterator[EncodedMinute],
+    bootstrap: str,
+    topic: str,
+    *,
+    speed: float,
+    on_minute: Callable[[int, int], None] | None,
+) -> tuple[int, int, float]:
+    """Send every record, minute by minute (``speed`` N: N times real time; 0: as fast as possible)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=True,
@@ -70,37 +155,28 @@ async def produce_replay(
     pending: list[asyncio.Future[object]] = []
     first_minute: int | None = None
     try:
-        for minute in replay.minutes():
+        async for start_ms, minute_records, minute_events in minutes:
             if first_minute is None:
-                first_minute = minute.start_ms
+                first_minute = start_ms
             if speed > 0:
-                due = started + (minute.start_ms - first_minute) / 1000 / speed
+                due = started + (start_ms - first_minute) / 1000 / speed
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            for channel_id, channel_events in minute.by_channel.items():
-                key = channel_id.encode()
-                if batch > 1:
-                    for i in range(0, len(channel_events), batch):
-                        chunk = channel_events[i : i + batch]
-                        value = _encode(Batch(channel_id=channel_id, events=chunk))
-                        pending.append(await producer.send(topic, value, key=key))
-                        records += 1
-                else:
-                    for event in channel_events:
-                        pending.append(await producer.send(topic, _encode(event), key=key))
-                        records += 1
-                events += len(channel_events)
+            for key, value in minute_records:
+                pending.append(await producer.send(topic, value, key=key))
+            records += len(minute_records)
+            events += minute_events
             if len(pending) > 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
             if on_minute is not None:
-                on_minute(minute.start_ms, events)
+                on_minute(start_ms, events)
         await asyncio.gather(*pending)
         await producer.flush()
     finally:
         await producer.stop()
-    return ReplayResult(oracle=replay.oracle, records=records, events=events, seconds=time.monotonic() - started)
+    return records, events, time.monotonic() - started
 
 
 async def replay_fair(
@@ -110,8 +186,9 @@ async def replay_fair(
     profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
     minutes = (profile.end_ms - profile.start_ms) // 60_000
     await ensure_topics(settings)
-    return await produce_replay(
-        FairReplay(profile, seed),
+    return await produce_generated_fair(
+        profile,
+        seed,
         settings.kafka_bootstrap,
         settings.events_topic,
         batch=batch,

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     # Processing.
     batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a processing batch")
+    consumer_fetch_wait_ms: int = Field(
+        100, ge=1, description="longest a Kafka fetch waits for new records (faust hard-codes 1500 ms)"
+    )
     redis_flush_interval_s: float = Field(
         0.1, gt=0, description="least time between two Redis flushes (a flush follows each processed batch)"
     )
