@@ -24,7 +24,7 @@ from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
 from schemas.stats import CampaignWindowStats
 from stream import campaign
-from stream.alerts import alert_id, load_rules
+from stream.alerts import load_rules
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
 
@@ -133,20 +133,7 @@ class CampaignAggregator:
         """Active campaign alerts into the live snapshot (Redis and /metrics read them from there)."""
         self.live.campaign_alerts = {
             name: {
-                rule: AlertRecord(
-                    alert_id=alert_id(rule, name, alert.window_start_ms),
-                    rule=rule,  # type: ignore[arg-type]
-                    status="firing",
-                    severity=alert.severity,
-                    channel_id="",
-                    campaign=name,
-                    window_start_ms=alert.window_start_ms,
-                    at_ms=alert.fired_at_ms,
-                    value=alert.value,
-                    threshold=alert.threshold,
-                    summary=alert.summary,
-                    emitted_at_ms=now_ms,
-                )
+                rule: AlertRecord.from_active(rule, alert, channel_id="", campaign=name, emitted_at_ms=now_ms)
                 for rule, alert in active.items()
             }
             for name, active in state.alerts.items()

@@ -31,7 +31,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from schemas.alerts import AlertRecord
-from stream.alerts import RULES, alert_id
+from stream.alerts import RULES
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
 from stream.state import Counters
@@ -76,19 +76,8 @@ CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
 def channel_alert_records(state: ChannelView) -> dict[str, AlertRecord]:
     """The active alerts of a livestream as records, by ``rule|channel`` field."""
     return {
-        f"{rule}|{state.channel_id}": AlertRecord(
-            alert_id=alert_id(rule, state.channel_id, alert.window_start_ms),
-            rule=rule,  # type: ignore[arg-type]
-            status="firing",
-            severity=alert.severity,
-            channel_id=state.channel_id,
-            campaign=state.campaign,
-            window_start_ms=alert.window_start_ms,
-            at_ms=alert.fired_at_ms,
-            value=alert.value,
-            threshold=alert.threshold,
-            summary=alert.summary,
-            emitted_at_ms=0,
+        f"{rule}|{state.channel_id}": AlertRecord.from_active(
+            rule, alert, channel_id=state.channel_id, campaign=state.campaign, emitted_at_ms=0
         )
         for rule, alert in (state.alerts or {}).items()
     }

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 if TYPE_CHECKING:
-    from stream.alerts import AlertChange
+    from stream.alerts import ActiveAlert, AlertChange
 
 
 class AlertRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,5 +52,27 @@ class AlertRecord(msgspec.Struct, frozen=True, kw_only=True):
             value=change.value,
             threshold=change.threshold,
             summary=change.summary,
+            emitted_at_ms=emitted_at_ms,
+        )
+
+    @classmethod
+    def from_active(
+        cls, rule: str, alert: ActiveAlert, *, channel_id: str, campaign: str, emitted_at_ms: int
+    ) -> AlertRecord:
+        """The firing record of an alert that is still active (for the serving layer)."""
+        from stream.alerts import alert_id
+
+        return cls(
+            alert_id=alert_id(rule, channel_id or campaign, alert.window_start_ms),
+            rule=rule,  # type: ignore[arg-type]
+            status="firing",
+            severity=alert.severity,
+            channel_id=channel_id,
+            campaign=campaign,
+            window_start_ms=alert.window_start_ms,
+            at_ms=alert.fired_at_ms,
+            value=alert.value,
+            threshold=alert.threshold,
+            summary=alert.summary,
             emitted_at_ms=emitted_at_ms,
         )
