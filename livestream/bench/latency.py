@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaProducer
 from agents.redis_mirror import RedisKeys
 from agents.startup import ensure_topics
 from livestream.bench.common import BenchError, log, percentile
-from livestream.bench.pipeline import start_worker, stop_worker, wait_ready
+from livestream.bench.pipeline import stop_worker, wait_ready
+from livestream.demo import start_worker
 from schemas.events import Event, View
 from stream.replay.generator import FairReplay
 from stream.replay.profile import OCOP_FAIR, scaled

@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaProducer
 from agents.redis_mirror import RedisKeys
 from agents.startup import ensure_topics
 from livestream.bench.common import BenchError, rss_mb
-from livestream.bench.pipeline import api_totals, start_worker, stop_worker, wait_ready
+from livestream.bench.pipeline import api_totals, stop_worker, wait_ready
+from livestream.demo import start_worker
 from schemas.events import Comment, View
 from stream.settings import Settings
 

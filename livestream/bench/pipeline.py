@@ -9,10 +9,8 @@ oracle's, or the measurement fails.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -23,29 +21,10 @@ import redis
 
 from livestream import readback
 from livestream.bench.common import BenchError, Throughput, cpu_seconds, log
+from livestream.demo import start_worker
 from stream.replay.oracle import Oracle
 from stream.settings import Settings
 from stream.state import COUNTER_FIELDS
-
-
-def start_worker(
-    settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """Start ``python -m livestream worker`` with ``settings`` in its environment; output to ``log_path``."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env.update(
-        LIVESTREAM_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
-        LIVESTREAM_REDIS_URL=settings.redis_url,
-        LIVESTREAM_NAMESPACE=settings.namespace,
-        LIVESTREAM_PARTITIONS=str(settings.partitions),
-        LIVESTREAM_WEB_PORT=str(settings.web_port),
-        LIVESTREAM_DATA_DIR=str(settings.data_dir),
-        **(extra_env or {}),
-    )
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "livestream", "worker"], env=env, stdout=out, stderr=out)
 
 
 def stop_worker(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
