@@ -124,7 +124,9 @@ class CampaignAggregator:
         self.states.set(STATE_KEY, campaign.encode(state), source)
         self.publish(state, now_ms)
         for change in alerts:
-            (self.live.alerts_fired if change.status == "firing" else self.live.alerts_resolved)[change.rule] += 1
+            if change.status == "firing":
+                self.live.alerts_fired[change.rule] += 1
+        self.live.campaign_windows_ignored = state.ignored_windows
         self.live.pending_campaign.extend((w.campaign, w.start_ms, w.counters, w.livestreams) for w in windows)
         if windows or alerts:
             self.live.changed.set()
@@ -157,5 +159,6 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Campaign
             aggregator.alert_index.forget({0})
             live.campaign_alerts = {}
             live.campaign_alerts_dirty = True
+            live.campaign_windows_ignored = 0
 
     return aggregator

@@ -279,7 +279,8 @@ class Fold:
         live.duplicate_events += effects.duplicate_events
         live.late_events += len(effects.late)
         for change, _ in changes:
-            (live.alerts_fired if change.status == "firing" else live.alerts_resolved)[change.rule] += 1
+            if change.status == "firing":
+                live.alerts_fired[change.rule] += 1
         if live.dirty or live.pending_closed:
             live.changed.set()
         for late_event in effects.late:

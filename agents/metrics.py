@@ -127,6 +127,11 @@ class SnapshotCollector(Collector):
             "Final windows closed again after a restart and not re-emitted",
             value=live.duplicate_windows_suppressed,
         )
+        yield CounterMetricFamily(
+            "livestream_campaign_windows_ignored",
+            "Livestream windows the campaign aggregator ignored: repeats after a crash, or too late for their minute",
+            value=live.campaign_windows_ignored,
+        )
         dlq = CounterMetricFamily("livestream_dlq_records", "Records sent to the dead-letter topic", labels=["reason"])
         for reason in DEAD_LETTER_REASONS:
             dlq.add_metric([reason], live.dead_letters.get(reason, 0))

@@ -95,7 +95,8 @@ class LiveSnapshot:
     """Final campaign windows (campaign, start, counters, livestreams) not yet written to Redis."""
     alerts_fired: Counter[str] = field(default_factory=Counter)
     """Firing alert records published by this worker, by rule."""
-    alerts_resolved: Counter[str] = field(default_factory=Counter)
+    campaign_windows_ignored: int = 0
+    """Livestream window copies the campaign aggregator ignored (repeats, or too late for their campaign minute)."""
 
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     """Set after each batch that changed the snapshot (wakes the Redis mirror)."""

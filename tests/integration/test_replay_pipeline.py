@@ -77,6 +77,7 @@ def test_scaled_fair_is_exact_everywhere(pipeline: Pipeline, scale: float, batch
 
     # Campaign windows: every minute of the fair, each the sum of its livestreams' windows, once.
     assert check_campaign_windows(pipeline, oracle, complete=True) > 0
+    assert parse_metrics(pipeline.metrics_text())["livestream_campaign_windows_ignored_total"] == 0
 
 
 def test_garbage_goes_to_dead_letters_and_the_worker_keeps_counting(pipeline: Pipeline) -> None:
