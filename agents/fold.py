@@ -1,37 +1,45 @@
 """The processing agent: ``<namespace>.events`` -> per-livestream state (RocksDB table) and the live snapshot.
 
-Per batch of up to ``batch_max_records`` Kafka records:
+Records arrive in chunks (one per partition and fetch, ``agents/bulk_consumer.py``) and are processed in
+batches of up to ``batch_max_records`` records, under the revocation fence of :class:`ChunkProcessor`:
 
-1. decode every record (bad ones go to the dead-letter topic) and fold it into its livestream's state, read from
-   the table once per batch (redelivered records and repeated event ids are skipped by the core);
-2. close the windows the watermark has passed (or, on an idle tick, the idle watermark) and produce their final
-   records to the stats topics, to the stats partition of the livestream's events partition, and *wait until
-   Kafka has them*; windows found already emitted (a crash between emitting and saving) are not sent again;
-3. write each touched state to the table once, and update the live snapshot, with no ``await`` in between.
+1. every record is checked against its partition's cursor (the last offset processed there, kept in a table):
+   records at or below it are skipped, a jump past it is filled by reading the missing records from Kafka;
+2. a record on a partition other than the one its key maps to (murmur2, as the Java client and aiokafka place
+   keys) is forwarded to the right partition, where its livestream's state lives, and counted;
+3. the record is decoded (bad records, and bad events inside envelopes, go to the dead-letter topic) and folded
+   into its livestream's state, read from the table once per batch; after each record the livestream's windows
+   that its own watermark has passed are closed at once, so lateness never depends on how records were batched;
+4. final windows, alert transitions and campaign copies are produced and *acknowledged by Kafka*; windows found
+   already emitted (a crash between emitting and saving) are not sent again;
+5. each touched state is written to the table once, the live snapshot updated, with no ``await`` in between.
 
-faust acknowledges the batch's records only after this body returns and commits offsets only after flushing the
-producer (the changelog included), so a committed offset never runs ahead of the state it produced.
+Offsets are committed by the processor after the producer (changelog included) was flushed, so a committed
+offset never runs ahead of the state it produced; on revocation the batch in progress finishes first.
 
-Idle ticks: every ``idle_tick_s`` the worker appends a tick record (key ``__tick__``) to each events partition it
-owns. A tick runs the idle check for that partition's livestreams inside the ordinary ordered path, so closing
-the last windows of a finished stream needs no second writer of the table.
+Idle ticks: every ``idle_tick_s`` the worker appends a tick record (header ``livestream-tick``) to each events
+partition it owns. A tick runs the idle check for that partition's livestreams inside the ordinary ordered path,
+so closing the last windows of a finished stream needs no second writer of the table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
 
 import faust
 import msgspec
-from faust.types import TP, EventT
+from aiokafka.partitioner import murmur2
+from faust.types import TP
 
+from agents.bulk_consumer import Chunk, ChunkProcessor, install
 from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.startup import shorten_fetch_wait
-from agents.table_context import PartitionedTable
+from agents.table_context import PartitionContext, PartitionedTable
 from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
 from schemas.stats import WindowStats
@@ -60,10 +68,13 @@ from stream.state import (
     encode_state,
     ended_watermark,
     idle_watermark,
+    watermark,
 )
 
 log = logging.getLogger(__name__)
-TICK_KEY = b"__tick__"
+TICK_HEADER = "livestream-tick"
+"""Header that marks an idle-tick record (its key is the partition number; never a livestream's record)."""
+FORWARDED_HEADER = "livestream-forwarded-from"
 CURSOR_KEY = b"\x00cursor"
 """Key of a partition's cursor row in the event-ids table (id rows are ``channel|bucket``)."""
 _stats_encoder = msgspec.json.Encoder()
@@ -115,15 +126,22 @@ def window_spec(settings: Settings) -> WindowSpec:
     )
 
 
-class Fold:
-    """The agent's collaborators: topics, the state table, the emitted-window index, the live snapshot."""
+class Fold(ChunkProcessor):
+    """The events processor: topics, the state table, the emitted-window index, the live snapshot."""
 
     def __init__(self, app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
+        super().__init__(
+            app,
+            settings.events_topic,
+            max_buffered=settings.max_buffered_records,
+            batch_max_records=settings.batch_max_records,
+            commit_interval_s=settings.commit_interval_s,
+        )
         self.settings = settings
         self.live = live
         self.spec = window_spec(settings)
         parts = settings.partitions
-        self.events_topic = app.topic(settings.events_topic, partitions=parts, schema=raw_bytes())
+        self.events_topic = app.topic(settings.events_topic, partitions=parts, schema=raw_bytes(), acks=False)
         self.dlq_topic = app.topic(settings.dlq_topic, partitions=1, schema=raw_bytes())
         self.late_topic = app.topic(settings.late_topic, partitions=1, schema=raw_bytes())
         self.stats_topics = {
@@ -141,106 +159,75 @@ class Fold:
         # The offset of the last events record processed per partition lives in the same table, in its partition,
         # under a key no livestream can have (one RocksDB per table partition is memory; a table of 4 keys is waste).
         self.cursor_rows = self.id_rows
-        self.cursors: dict[int, int] = {}
-        self.app = app
+        self.cursors = self.processed
+        self.contexts = {p: PartitionContext(settings.events_topic, p) for p in range(parts)}
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
         self.rules = load_rules(settings.alert_rules)
         self.alerts_topic = app.topic(settings.alerts_topic, partitions=parts, schema=raw_bytes())
         self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
         self.campaign_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
         self.partition_clock: dict[int, int] = {}
-        """Newest event time applied per owned events partition (the stream-down clock)."""
+        """Event-time clock per owned events partition (stream-down and ended livestreams): the newest event time
+        applied there, each record's contribution bounded by its Kafka timestamp + ``max_clock_lead_s``."""
         self.scanned_at: dict[int, int] = {}
         self.progress_sent: dict[int, int] = {}
         self.partition_wall: dict[int, int] = {}
         """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
+        self.key_partitions: dict[bytes, int] = {}
+        """Partition each record key maps to (murmur2), cached."""
 
-    async def process_batch(self, batch: list[EventT]) -> None:
+    def forget(self, partitions: set[int]) -> None:
+        super().forget(partitions)
+        self.live.drop_partitions(partitions)
+        for partition in partitions:
+            self.partition_clock.pop(partition, None)
+            self.scanned_at.pop(partition, None)
+            self.progress_sent.pop(partition, None)
+            self.partition_wall.pop(partition, None)
+        self.emitted.forget(partitions)
+        self.alert_index.forget(partitions)
+
+    def home_partition(self, key: bytes) -> int:
+        """The partition a key belongs on: murmur2 of the key, as the Java client's and aiokafka's partitioners."""
+        found = self.key_partitions.get(key)
+        if found is None:
+            if len(self.key_partitions) > 200_000:
+                self.key_partitions.clear()
+            found = self.key_partitions[key] = (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions
+        return found
+
+    async def process_chunks(self, chunks: list[Chunk]) -> None:
         settings, live, spec = self.settings, self.live, self.spec
-        batch_partitions = {event.message.partition for event in batch}
+        batch_partitions = {chunk.partition for chunk in chunks}
         if not batch_partitions <= self.emitted.loaded or not batch_partitions <= self.alert_index.loaded:
             await asyncio.gather(self.emitted.load(batch_partitions), self.alert_index.load(batch_partitions))
         now_ms = int(time.time() * 1000)
         bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
         effects = FoldEffects(gap_ms=stream_down_gap_ms(self.rules))
-        touched: dict[str, tuple[ChannelState, EventT]] = {}
-        ticks: dict[int, EventT] = {}
-        current: list[EventT] = []  # the record being folded: its partition is the id rows' partition
+        touched: dict[str, ChannelState] = {}
+        ticks: dict[int, int] = {}
+        contexts = self.contexts
+        current = [0]  # the partition of the record being folded: the id rows' partition
 
         def load_ids(channel_id: str, bucket: int) -> IdRow:
-            stored = self.id_rows.get(id_row_key(channel_id, bucket), current[0])
+            stored = self.id_rows.get(id_row_key(channel_id, bucket), contexts[current[0]])
             return _id_decoder.decode(stored) if stored is not None else {}
 
         ids = IdRows(load_ids)
-        cursor_sources: dict[int, EventT] = {}
-
-        dead: list[tuple[bytes | None, bytes | None, int, int, DeadLetter]] = []
-        partition_wall = self.partition_wall
-
-        def fold_record(
-            key: bytes | None, value: bytes | None, partition: int, offset: int, produced_ms: int, event: EventT
-        ) -> None:
-            if key == TICK_KEY:
-                ticks[partition] = event
-                return
-            partition_wall[partition] = produced_ms
-            result = decode_record(key, value, bounds)
-            if isinstance(result, DeadLetter):
-                dead.append((key, value, partition, offset, result))
-                return
-            channel_id = result.channel_id
-            entry = touched.get(channel_id)
-            state = entry[0] if entry is not None else self._state(channel_id, event, touched)
-            current[:] = [event]
-            apply_record(state, result.events, partition, offset, spec, effects, produced_ms, ids)
-            touched[channel_id] = (state, event)
-
-        cursors = self.cursors
-        for event in batch:
-            message = event.message
-            partition, offset = message.partition, message.offset
-            cursor = cursors.get(partition)
-            if cursor is not None and offset <= cursor + 1:  # the usual case: the next record of the partition
-                if offset > cursor:
-                    cursors[partition] = offset
-            else:
-                for missed in await self._missing(partition, offset, event):
-                    fold_record(missed.key, missed.value, missed.partition, missed.offset, missed.timestamp, event)
-            cursor_sources[partition] = event
-            fold_record(message.key, message.value, partition, offset, int(message.timestamp * 1000), event)
-
-        for key, value, partition, offset, letter in dead:
-            live.dead_letters[letter.reason] += 1
-            topic = settings.events_topic
-            log.warning("dead letter %s at %s[%d]@%d: %s", letter.reason, topic, partition, offset, letter.message)
-            await send_dead_letter(self.dlq_topic, key, value, settings.events_topic, partition, offset, letter)
-
-        # A tick is processed after every record appended before it, so its timestamp is a point at which the
-        # partition had caught up: a livestream with no record produced in the idle timeout before it is idle.
-        idle_at: dict[str, int] = {}
-        for partition, tick in ticks.items():
-            for channel_id, owned in list(live.channels.items()):
-                if owned.partition == partition and channel_id not in touched:
-                    touched[channel_id] = (self._state(channel_id, tick, touched), tick)
-                    idle_at[channel_id] = int(tick.message.timestamp * 1000)
-
-        changes = self._scan_partitions(batch, ticks, touched)
-        for gap in effects.gaps:
-            state, source = touched[gap.channel_id]
-            changes.extend((c, source.message.partition) for c in evaluate_gap(state, gap, self.rules))
+        dead: list[tuple[Any, DeadLetter, int | None, bytes | None]] = []
+        forward: list[Any] = []
+        changes: list[tuple[AlertChange, int]] = []
         finals: list[tuple[ClosedWindow, int]] = []
         copies: list[campaign.ChannelWindowCopy] = []
-        for channel_id, (state, source) in touched.items():
-            partition = source.message.partition
-            if channel_id in effects.touched:
-                back = resolve_if_active(state, self.rules)
-                if back is not None:
-                    changes.append((back, partition))
-            if channel_id in idle_at:
-                mark = idle_watermark(state, spec, idle_at[channel_id])
-            else:
-                mark = ended_watermark(state, spec, self.partition_clock.get(partition, -1))
+        partition_wall = self.partition_wall
+        partition_clock = self.partition_clock
+        lead_ms = settings.max_clock_lead_s * 1000
+        home = self.home_partition
+        records_seen = 0
+
+        def close(state: ChannelState, mark: int, partition: int) -> None:
             for window in close_windows(state, mark, spec):
+                channel_id = state.channel_id
                 closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
                 finals.append((closed, partition))
                 one_minute = window.size_ms == spec.size_ms
@@ -249,35 +236,129 @@ class Fold:
                     copies.append(
                         campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
                     )
+
+        def fold_record(record: Any, partition: int) -> None:
+            key, value, headers = record.key, record.value, record.headers
+            if headers and any(name == TICK_HEADER for name, _ in headers):
+                ticks[partition] = record.timestamp
+                return
+            if key is not None and home(key) != partition:
+                forward.append(record)
+                return
+            produced_ms = record.timestamp
+            partition_wall[partition] = produced_ms
+            result = decode_record(key, value, bounds)
+            if isinstance(result, DeadLetter):
+                dead.append((record, result, None, None))
+                return
+            for rejected in getattr(result, "rejected", ()):
+                dead.append((record, DeadLetter(rejected.reason, rejected.message), rejected.index, rejected.raw))
+            if not result.events:
+                return
+            channel_id = result.channel_id
+            state = touched.get(channel_id)
+            if state is None:
+                state = touched[channel_id] = self._state(channel_id, partition)
+            current[0] = partition
+            if apply_record(state, result.events, partition, record.offset, spec, effects, produced_ms, ids):
+                close(state, watermark(state, spec), partition)
+                bounded = min(state.max_ts_ms, produced_ms + lead_ms)
+                if bounded > partition_clock.get(partition, -1):
+                    partition_clock[partition] = bounded
+
+        cursors = self.cursors
+        for chunk in chunks:
+            partition = chunk.partition
+            cursor = cursors.get(partition)
+            for record in chunk.records:
+                offset = record.offset
+                if cursor is None or offset != cursor + 1:
+                    if cursor is not None and offset <= cursor:
+                        continue  # fetched again after a seek back to the committed offset: already processed
+                    missed = await self._missing(partition, offset)
+                    for earlier in missed:
+                        fold_record(earlier, partition)
+                    records_seen += len(missed)
+                    cursor = cursors[partition]
+                    if offset <= cursor:
+                        continue
+                cursors[partition] = cursor = offset
+                records_seen += 1
+                fold_record(record, partition)
+
+        for record, letter, index, raw in dead:
+            live.dead_letters[letter.reason] += 1
+            where = f"{settings.events_topic}[{record.partition}]@{record.offset}"
+            if index is not None:
+                where += f" event #{index}"
+            log.warning("dead letter %s at %s: %s", letter.reason, where, letter.message)
+            await send_dead_letter(self.dlq_topic, record, settings.events_topic, letter, index, raw)
+        if forward:
+            await self._forward(forward)
+
+        # A tick is processed after every record appended before it, so its timestamp is a point at which the
+        # partition had caught up: a livestream with no record produced in the idle timeout before it is idle.
+        idle_at: dict[str, int] = {}
+        for partition, tick_ms in ticks.items():
+            for channel_id, owned in list(live.channels.items()):
+                if owned.partition == partition and channel_id not in touched:
+                    touched[channel_id] = self._state(channel_id, partition)
+                    idle_at[channel_id] = tick_ms
+
+        changes.extend(self._scan_partitions(batch_partitions, ticks, touched))
+        for gap in effects.gaps:
+            state = touched[gap.channel_id]
+            changes.extend((c, state.partition) for c in evaluate_gap(state, gap, self.rules))
+        for channel_id, state in touched.items():
+            partition = state.partition
+            if channel_id in effects.touched:
+                back = resolve_if_active(state, self.rules)
+                if back is not None:
+                    changes.append((back, partition))
+            if channel_id in idle_at:
+                close(state, idle_watermark(state, spec, idle_at[channel_id]), partition)
+            elif state.ended_ms >= 0:
+                close(state, ended_watermark(state, spec, partition_clock.get(partition, -1)), partition)
         await self._emit(finals, now_ms)
         await self._emit_alerts(changes, now_ms)
         await self._send_copies(copies)
 
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
-        for partition, source in cursor_sources.items():
-            self.cursor_rows.set(CURSOR_KEY, str(self.cursors[partition]).encode(), source)
-            highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
+        now_s = time.time()
+        for partition in batch_partitions:
+            cursor = cursors.get(partition)
+            if cursor is None:
+                continue
+            self.cursor_rows.set(CURSOR_KEY, str(cursor).encode(), contexts[partition])
+            live.progress_at_s[partition] = now_s
+            try:
+                highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
+            except Exception:  # no longer assigned in the client: the revocation fence follows
+                highwater = None
             if highwater is not None:
-                live.lag[partition] = max(0, highwater - self.cursors[partition] - 1)
+                live.lag[partition] = max(0, highwater - cursor - 1)
         for channel_id, bucket in ids.changed:
             row_key = id_row_key(channel_id, bucket)
-            self.id_rows.set(row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), touched[channel_id][1])
+            self.id_rows.set(
+                row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), contexts[touched[channel_id].partition]
+            )
         for channel_id, bucket in ids.dropped:
-            self.id_rows.delete(id_row_key(channel_id, bucket), touched[channel_id][1])
+            self.id_rows.delete(id_row_key(channel_id, bucket), contexts[touched[channel_id].partition])
         closed_channels = {closed.channel_id for closed, _ in finals} | {c.channel_id for c, _ in changes}
-        for channel_id, (state, source) in touched.items():
+        for channel_id, state in touched.items():
             if channel_id in effects.touched or channel_id in closed_channels or channel_id not in live.channels:
-                self.states.set(channel_id.encode(), encode_state(state), source)
+                self.states.set(channel_id.encode(), encode_state(state), contexts[state.partition])
                 live.update(state)
         live.add_viewers(effects.viewers)
         live.pending_closed.extend(closed for closed, _ in finals)
         live.windows_closed += len(finals)
-        live.records_processed += len(batch) - len(ticks)
+        live.records_processed += records_seen - len(ticks)
         live.events_processed += effects.applied_events
         live.redelivered_records += effects.redelivered_records
         live.duplicate_events += effects.duplicate_events
         live.late_events += len(effects.late)
+        live.misrouted_records += len(forward)
         for change, _ in changes:
             if change.status == "firing":
                 live.alerts_fired[change.rule] += 1
@@ -287,41 +368,62 @@ class Fold:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
         await self._send_progress(batch_partitions, ticks)
 
-    def _scan_partitions(
-        self, batch: list[EventT], ticks: dict[int, EventT], touched: dict[str, tuple[ChannelState, EventT]]
-    ) -> list[tuple[AlertChange, int]]:
-        """Livestreams of this batch's partitions that the partition's event-time clock affects, untouched or not:
-        ``stream_down`` (see :func:`stream.alerts.evaluate_silence`), and ended livestreams whose last windows can
-        close (:func:`stream.state.ended_watermark`); those are added to ``touched``.
+    async def _forward(self, records: list[Any]) -> None:
+        """Records on a partition other than their key's: produce them to the right one, where the livestream's
+        state lives (original key, value and headers, plus where they came from), and wait until Kafka has them.
 
-        The clock of a partition is the newest event time applied on it; at an idle tick a livestream's own clock
-        also runs on with the wall time since its last record (a tick is processed after every record produced
-        before it). A partition is scanned when its clock moved by a second or more, and at every tick.
+        A crash before the source offset is committed forwards them again; the copies carry the same event ids,
+        so the livestream's dedup counts them once.
+        """
+        pending = []
+        for record in records:
+            target = self.home_partition(record.key)
+            log.warning(
+                "record %s[%d]@%d has key %r of partition %d: forwarded",
+                self.settings.events_topic,
+                record.partition,
+                record.offset,
+                record.key[:64],
+                target,
+            )
+            headers = [*(record.headers or ()), (FORWARDED_HEADER, f"{record.partition}@{record.offset}".encode())]
+            pending.append(
+                await self.events_topic.send(
+                    key=record.key, value=record.value, partition=target, headers=headers, force=True
+                )
+            )
+        await asyncio.gather(*pending)
+
+    def _scan_partitions(
+        self, partitions: set[int], ticks: dict[int, int], touched: dict[str, ChannelState]
+    ) -> list[tuple[AlertChange, int]]:
+        """``stream_down`` for livestreams of these partitions, touched or not (see
+        :func:`stream.alerts.evaluate_silence`), and ended livestreams whose last windows can close
+        (:func:`stream.state.ended_watermark`); those are added to ``touched``.
+
+        The clock of a partition is the newest event time applied on it, each record's contribution bounded by its
+        own Kafka timestamp plus ``max_clock_lead_s`` (one livestream's clock running ahead cannot page another);
+        at an idle tick a livestream's own clock also runs on with the wall time since its last record (a tick is
+        processed after every record produced before it). A partition is scanned when its clock moved by a second
+        or more, and at every tick.
         """
         rule = self.rules.stream_down
         live, silence_ms, grace_ms = self.live, (rule.silence_s + rule.skew_s) * 1000, self.spec.grace_ms
-        sources: dict[int, EventT] = {event.message.partition: event for event in batch}
-        for state, _ in touched.values():
-            if state.max_ts_ms > self.partition_clock.get(state.partition, -1):
-                self.partition_clock[state.partition] = state.max_ts_ms
         changes: list[tuple[AlertChange, int]] = []
-        for partition, source in sources.items():
+        for partition in sorted(partitions):
             clock = self.partition_clock.get(partition, -1)
-            tick = ticks.get(partition)
-            if tick is None and clock - self.scanned_at.get(partition, -(1 << 62)) < 1000:
+            tick_ms = ticks.get(partition, -1)
+            if tick_ms < 0 and clock - self.scanned_at.get(partition, -(1 << 62)) < 1000:
                 continue
             self.scanned_at[partition] = clock
-            tick_ms = int(tick.message.timestamp * 1000) if tick is not None else -1
-            candidates = {
-                cid: ChannelView.of(entry[0]) for cid, entry in touched.items() if entry[0].partition == partition
-            }
+            candidates = {cid: ChannelView.of(state) for cid, state in touched.items() if state.partition == partition}
             for channel_id, view in live.channels.items():
                 if view.partition == partition and channel_id not in candidates:
                     candidates[channel_id] = view
             for channel_id, view in candidates.items():
                 if view.ended_ms >= 0:
                     if view.open_windows and clock >= view.ended_ms + grace_ms and channel_id not in touched:
-                        touched[channel_id] = (self._state(channel_id, source, touched), source)
+                        touched[channel_id] = self._state(channel_id, partition)
                     continue
                 if not rule.enabled or "stream_down" in (view.alerts or ()) or view.concurrent < rule.min_viewers:
                     continue
@@ -330,10 +432,10 @@ class Fold:
                     own_clock = max(own_clock, view.max_ts_ms + tick_ms - view.last_wall_ms)
                 if own_clock - view.max_ts_ms < silence_ms:
                     continue
-                current = self._state(channel_id, source, touched)
+                current = touched.get(channel_id) or self._state(channel_id, partition)
                 change = evaluate_silence(current, own_clock, self.rules)
                 if change is not None:
-                    touched[channel_id] = (current, source)
+                    touched[channel_id] = current
                     changes.append((change, partition))
         return changes
 
@@ -363,7 +465,7 @@ class Fold:
         if pending:
             await asyncio.gather(*pending)
 
-    async def _send_progress(self, partitions: set[int], ticks: dict[int, EventT]) -> None:
+    async def _send_progress(self, partitions: set[int], ticks: dict[int, int]) -> None:
         """Tell the campaign aggregator how far each of these partitions has settled (when it changed).
 
         Only once the live snapshot holds every owned livestream (``ready``): before that a livestream with an open
@@ -374,10 +476,10 @@ class Fold:
         pending = []
         spec = self.spec
         for partition in sorted(partitions):
-            tick = ticks.get(partition)
+            tick_ms = ticks.get(partition)
             # Idle = no record for the idle timeout since the newest record, or since this worker got the partition.
             last_record = self.partition_wall.setdefault(partition, int(time.time() * 1000))
-            idle = tick is not None and tick.message.timestamp * 1000 - last_record >= spec.idle_timeout_ms
+            idle = tick_ms is not None and tick_ms - last_record >= spec.idle_timeout_ms
             clock = self.partition_clock.get(partition, -1)
             mark = clock - spec.lateness_ms if clock >= 0 else -1
             bounds = self.live.open_bounds.get(partition, {})
@@ -392,20 +494,20 @@ class Fold:
         if pending:
             await asyncio.gather(*pending)
 
-    async def _missing(self, partition: int, offset: int, source: EventT) -> list[Any]:
+    async def _missing(self, partition: int, offset: int) -> list[Any]:
         """Records of ``partition`` between the last one processed and ``offset`` that never arrived (usually none).
 
-        faust acknowledges records it drops around rebalances and on shutdown, which can let their offsets be
-        committed unprocessed. Every record of the events topic passes through here and the last processed offset
-        per partition is kept in a table, so a jump means records were skipped: they are read straight from Kafka
-        and folded first (records already applied are then skipped by their livestream's offset). The batch loop
-        calls this only when the offset is not the next one of a known cursor.
+        Every record of the events topic passes through here and the last processed offset per partition is kept
+        in a table, so a jump means records were skipped (a seek past them, or a fetch dropped by the client):
+        they are read straight from Kafka and folded first (records already applied are then skipped by their
+        livestream's offset). The batch loop calls this only when the offset is not the next one of a known cursor;
+        it also sets the cursor to ``offset - 1`` (or past it, if the stored cursor is already further).
         """
         cursor = self.cursors.get(partition)
         if cursor is None:
-            stored = self.cursor_rows.get(CURSOR_KEY, source)
+            stored = self.cursor_rows.get(CURSOR_KEY, self.contexts[partition])
             cursor = int(stored) if stored is not None else -1
-        self.cursors[partition] = max(cursor, offset)
+        self.cursors[partition] = max(cursor, offset - 1)
         if cursor < 0 or offset <= cursor + 1:
             return []
         topic = self.settings.events_topic
@@ -414,11 +516,8 @@ class Fold:
         self.live.offset_gaps += 1
         return missed
 
-    def _state(self, channel_id: str, source: EventT, touched: dict[str, tuple[ChannelState, EventT]]) -> ChannelState:
-        entry = touched.get(channel_id)
-        if entry is not None:
-            return entry[0]
-        stored = self.states.get(channel_id.encode(), source)
+    def _state(self, channel_id: str, partition: int) -> ChannelState:
+        stored = self.states.get(channel_id.encode(), self.contexts[partition])
         return decode_state(stored) if stored is not None else ChannelState(channel_id=channel_id)
 
     async def _emit(self, finals: list[tuple[ClosedWindow, int]], now_ms: int) -> None:
@@ -441,43 +540,56 @@ class Fold:
         if pending:
             await asyncio.gather(*pending)
 
-    async def send_ticks(self, app: faust.App) -> None:
-        owned = {tp.partition for tp in app.consumer.assignment() if tp.topic == self.settings.events_topic}
+    async def send_ticks(self) -> None:
+        """Append an idle-tick record to every owned events partition (see the module docstring)."""
         value = msgspec.json.encode({"type": "tick", "wall_ms": int(time.time() * 1000)})
-        for partition in sorted(owned):
-            await self.events_topic.send(key=TICK_KEY, value=value, partition=partition)
+        for partition in sorted(self.owned):
+            await self.events_topic.send(
+                key=str(partition).encode(), value=value, partition=partition, headers=[(TICK_HEADER, b"1")]
+            )
 
 
 def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
     fold = Fold(app, settings, live)
+    install(app, fold)
+    app.topics.add(fold.events_topic)  # subscribed (and co-partitioned with the tables) without a faust stream
 
-    @app.agent(fold.events_topic, name="fold-events")
-    async def fold_events(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(settings.batch_max_records, settings.batch_within_s)  # type: ignore[attr-defined]
-        async for batch in batches:
-            await fold.process_batch(batch)
+    @app.task
+    async def fold_events() -> None:
+        """The processing loop. If it raises, the worker is marked failed (not ready) and stops: its partitions
+        move to a healthy worker and processing resumes from the committed offsets."""
+        try:
+            await fold.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.exception("the events processing loop failed; stopping the worker")
+            live.fold_failure = repr(exc)
+            live.ready = False
+            asyncio.get_running_loop().call_later(30, os._exit, 70)  # if a graceful stop hangs
+            await app.crash(exc)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_processing(sender: Any, **_: Any) -> None:
+        await fold.stop()
 
     @app.timer(settings.idle_tick_s, name="idle-ticks")
     async def idle_ticks() -> None:
         if not app.rebalancing:
-            await fold.send_ticks(app)
+            await fold.send_ticks()
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        partitions = {tp.partition for tp in revoked if tp.topic == settings.events_topic}
+    async def not_ready_while_rebalancing(sender: Any, revoked: set[Any], **_: Any) -> None:
         live.ready = False
-        live.drop_partitions(partitions)
-        for partition in partitions:
-            fold.cursors.pop(partition, None)
-            fold.partition_clock.pop(partition, None)
-            fold.scanned_at.pop(partition, None)
-            fold.progress_sent.pop(partition, None)
-            fold.partition_wall.pop(partition, None)
-        fold.emitted.forget(partitions)
-        fold.alert_index.forget(partitions)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def resync_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+    async def own_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
+        fold.on_assigned(partitions, app.consumer_generation_id)
+        live.owned_partitions = set(partitions)
+        now_s = time.time()
+        for partition in partitions:
+            live.progress_at_s[partition] = now_s
         live.resync_pending = True
         shorten_fetch_wait(app, settings.consumer_fetch_wait_ms)
 

@@ -41,6 +41,6 @@ def create_app(settings: Settings) -> faust.App:
         producer_compression_type="lz4",
         consumer_max_fetch_size=8 * 1024 * 1024,
         table_cleanup_interval=3600.0,
-        table_standby_replicas=0,
+        table_standby_replicas=settings.standby_replicas,
         logging_config=None,
     )

@@ -31,6 +31,21 @@ class Settings(BaseSettings):
     # Processing.
     batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
     batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a processing batch")
+    max_buffered_records: int = Field(
+        50_000, ge=1, description="fetched events records waiting for processing before fetching pauses"
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="how often processed offsets are committed")
+    standby_replicas: int = Field(
+        1, ge=0, description="standby copies of each state partition on other workers (fast takeover)"
+    )
+    stall_after_s: float = Field(
+        60.0, gt=0, description="an owned partition with lag and no progress for this long is stalled (not ready)"
+    )
+    max_clock_lead_s: int = Field(
+        60,
+        ge=0,
+        description="a record moves its partition's event-time clock at most this far past its Kafka timestamp",
+    )
     consumer_fetch_wait_ms: int = Field(
         100, ge=1, description="longest a Kafka fetch waits for new records (faust hard-codes 1500 ms)"
     )

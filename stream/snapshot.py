@@ -116,8 +116,17 @@ class LiveSnapshot:
     windows_closed: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     offset_gaps: int = 0
+    misrouted_records: int = 0
+    """Records found on a partition other than their key's, forwarded to the right one."""
     lag: dict[int, int] = field(default_factory=dict)
     """Records of each owned events partition not yet processed (high watermark - next offset), per batch."""
+    owned_partitions: set[int] = field(default_factory=set)
+    """Events partitions assigned to this worker in the current consumer-group generation."""
+    progress_at_s: dict[int, float] = field(default_factory=dict)
+    """Per owned events partition: wall-clock time (epoch s) it last made progress, i.e. processed a record or
+    was seen caught up (no lag). Set on assignment; a partition with lag whose value is old is stalled."""
+    fold_failure: str | None = None
+    """Set when the processing loop died (the worker is then not ready and exits)."""
     redis_errors: int = 0
     redis_flushes: int = 0
 
@@ -165,6 +174,8 @@ class LiveSnapshot:
         """Forget channels of partitions this worker no longer owns."""
         for partition in partitions:
             self.lag.pop(partition, None)
+            self.progress_at_s.pop(partition, None)
+            self.owned_partitions.discard(partition)
             self.open_bounds.pop(partition, None)
         for channel_id in [c for c, s in self.channels.items() if s.partition in partitions]:
             del self.channels[channel_id]
