@@ -8,11 +8,18 @@ Nothing is recorded per event; every value is read from :class:`LiveSnapshot` wh
   ``channel="other"`` series summing the rest, so label cardinality stays at K + 1 however many streams run.
   They are gauges, not counters, because a stream can move between its own series and ``other``.
 - ``livestream_unique_viewers`` is the campaign HyperLogLog estimate, identical on every worker (use ``max()``).
+- Partition health (agents/health.py), rendered at scrape time with the scrape's wall clock:
+  ``livestream_partition_owned{topic,partition}`` 1/0 for *every* partition of the events topic (so that a partition
+  no scraped worker owns is visible as ``max by (topic, partition) (...) == 0``), ``livestream_topic_partitions``,
+  ``livestream_owned_partitions``, and per owned partition ``livestream_partition_last_progress_timestamp_seconds``
+  and ``livestream_partition_stalled``; ``livestream_worker_ready`` (the ``/readyz`` result) and
+  ``livestream_fold_failed``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import faust
@@ -20,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agents.health import DEFAULT_STALL_AFTER_S, readiness, stall_after, stalled_partitions
 from stream.decode import DEAD_LETTER_REASONS
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
@@ -43,15 +51,27 @@ CHANNEL_GAUGES = ("views", "orders_paid", "gmv_vnd", "comments", "likes", "add_t
 
 
 class SnapshotCollector(Collector):
-    def __init__(self, live: LiveSnapshot, top_k: int, events_topic: str) -> None:
+    def __init__(
+        self,
+        live: LiveSnapshot,
+        top_k: int,
+        events_topic: str,
+        partitions: int = 0,
+        stall_after_s: float = DEFAULT_STALL_AFTER_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.live = live
         self.top_k = top_k
         self.events_topic = events_topic
+        self.partitions = partitions
+        self.stall_after_s = stall_after_s
+        self.clock = clock
 
     def collect(self) -> Iterable[Metric]:
         yield from self._fair()
         yield from self._channels()
         yield from self._pipeline()
+        yield from self._health()
 
     def _fair(self) -> Iterator[Metric]:
         live = self.live
@@ -163,10 +183,69 @@ class SnapshotCollector(Collector):
             lag.add_metric([self.events_topic, str(partition)], records)
         yield lag
 
+    def _health(self) -> Iterator[Metric]:
+        live, topic = self.live, self.events_topic
+        now = self.clock()
+        owned = set(live.owned_partitions)
+        partitions = GaugeMetricFamily(
+            "livestream_topic_partitions", "Partitions of the events topic (the same on every worker)", labels=["topic"]
+        )
+        partitions.add_metric([topic], self.partitions)
+        yield partitions
+        yield GaugeMetricFamily(
+            "livestream_owned_partitions", "Events partitions assigned to this worker", value=len(owned)
+        )
+        owned_family = GaugeMetricFamily(
+            "livestream_partition_owned",
+            "1 if this worker owns the events partition, else 0; served for every partition of the topic",
+            labels=["topic", "partition"],
+        )
+        for partition in sorted(set(range(self.partitions)) | owned):
+            owned_family.add_metric([topic, str(partition)], 1 if partition in owned else 0)
+        yield owned_family
+        progress = GaugeMetricFamily(
+            "livestream_partition_last_progress_timestamp_seconds",
+            "Wall-clock time an owned events partition last processed a record or was seen caught up",
+            labels=["topic", "partition"],
+        )
+        stalled_family = GaugeMetricFamily(
+            "livestream_partition_stalled",
+            "1 if an owned events partition has records waiting and made no progress within the stall timeout",
+            labels=["topic", "partition"],
+        )
+        stalled = stalled_partitions(live, now, self.stall_after_s)
+        for partition in sorted(owned):
+            since = live.progress_at_s.get(partition)
+            if since is not None:
+                progress.add_metric([topic, str(partition)], since)
+            stalled_family.add_metric([topic, str(partition)], 1 if partition in stalled else 0)
+        yield progress
+        yield stalled_family
+        ready, _ = readiness(live, now, self.stall_after_s)
+        yield GaugeMetricFamily(
+            "livestream_worker_ready",
+            "1 if the worker is ready (partitions recovered, processing alive, no stalled partition), as /readyz",
+            value=1 if ready else 0,
+        )
+        yield GaugeMetricFamily(
+            "livestream_fold_failed",
+            "1 once the processing loop has died (the worker is not ready and exits)",
+            value=0 if live.fold_failure is None else 1,
+        )
 
-def build_registry(live: LiveSnapshot, settings: Settings) -> CollectorRegistry:
+
+def build_registry(live: LiveSnapshot, settings: Settings, clock: Callable[[], float] = time.time) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(live, settings.top_k_channels, settings.events_topic))
+    registry.register(
+        SnapshotCollector(
+            live,
+            settings.top_k_channels,
+            settings.events_topic,
+            partitions=settings.partitions,
+            stall_after_s=stall_after(settings),
+            clock=clock,
+        )
+    )
     return registry
 
 

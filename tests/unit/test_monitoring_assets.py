@@ -58,6 +58,8 @@ EXPECTED_ALERTS = {
     "LivestreamDeadLettersHigh",
     "LivestreamLateEventsHigh",
     "LivestreamRedisErrors",
+    "LivestreamPartitionStalled",
+    "LivestreamPartitionUnowned",
 }
 SEVERITIES = {"page", "ticket"}
 
@@ -319,8 +321,24 @@ def test_pipeline_health_covers_the_pipeline() -> None:
         "instance:livestream_redis_errors:rate1m",
         "instance:livestream_redis_flushes:rate1m",
         f'up{{job="{JOB}"}}',
+        "livestream_partition_stalled",
+        "livestream_partition_owned",
+        "livestream_partition_last_progress_timestamp_seconds",
+        "livestream_worker_ready",
     ):
         assert needed in exprs, needed
+
+
+def test_pipeline_health_lists_every_pipeline_alert() -> None:
+    """The dashboard's alert annotation and alert table name every alert of the pipeline group."""
+    pipeline_alerts = {a.name for a in alert_rules() if a.group == "livestream-pipeline-alerts"}
+    assert {"LivestreamPartitionStalled", "LivestreamPartitionUnowned"} <= pipeline_alerts
+    alert_queries = [e for _, e in dashboard_raw_expressions(DASHBOARD_DIR / "pipeline-health.json") if "ALERTS{" in e]
+    assert len(alert_queries) >= 2
+    for expr in alert_queries:
+        match = re.search(r'alertname=~"([^"]+)"', expr)
+        assert match, expr
+        assert set(match[1].split("|")) == pipeline_alerts, expr
 
 
 # --- Every expression ------------------------------------------------------------------------------------------------
@@ -451,6 +469,13 @@ def test_served_metric_names_are_read_from_the_collector() -> None:
         "livestream_channel_concurrent_viewers",
         "livestream_dlq_records_total",
         "livestream_redis_flushes_total",
+        "livestream_partition_last_progress_timestamp_seconds",
+        "livestream_partition_stalled",
+        "livestream_partition_owned",
+        "livestream_topic_partitions",
+        "livestream_owned_partitions",
+        "livestream_worker_ready",
+        "livestream_fold_failed",
     ):
         assert name in served, name
     assert "livestream_concurrent_viewers_total" not in served
