@@ -170,7 +170,7 @@ class Fold(ChunkProcessor):
         """Event-time clock per owned events partition (stream-down and ended livestreams): the newest event time
         applied there, each record's contribution bounded by its Kafka timestamp + ``max_clock_lead_s``."""
         self.scanned_at: dict[int, int] = {}
-        self.progress_sent: dict[int, int] = {}
+        self.progress_sent: dict[int, tuple[int, bool]] = {}
         self.partition_wall: dict[int, int] = {}
         """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
         self.key_partitions: dict[bytes, int] = {}
@@ -484,13 +484,14 @@ class Fold(ChunkProcessor):
             mark = clock - spec.lateness_ms if clock >= 0 else -1
             bounds = self.live.open_bounds.get(partition, {})
             settled = campaign.settled_through(bounds, mark, spec.size_ms, spec.grace_ms, idle)
-            if self.progress_sent.get(partition) == settled:
+            as_of = tick_ms if idle and tick_ms is not None else last_record
+            if self.progress_sent.get(partition) == (settled, idle) and not idle:
                 continue
-            marker = campaign.PartitionProgress(partition, settled)
+            marker = campaign.PartitionProgress(partition, settled, idle, as_of)
             pending.append(
                 await self.campaign_topic.send(key=b"progress", value=campaign.encode(marker), partition=0, force=True)
             )
-            self.progress_sent[partition] = settled
+            self.progress_sent[partition] = (settled, idle)
         if pending:
             await asyncio.gather(*pending)
 
@@ -577,6 +578,25 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
     async def idle_ticks() -> None:
         if not app.rebalancing:
             await fold.send_ticks()
+
+    @app.timer(1.0, name="partition-lag")
+    async def refresh_lag() -> None:
+        """Lag and progress of owned partitions, apart from processing: if the loop stops, lag stays and the
+        partition's last progress ages, so readiness and ``livestream_partition_stalled`` see it."""
+        now_s = time.time()
+        for partition in list(fold.owned):
+            cursor = fold.cursors.get(partition)
+            if cursor is None:
+                continue
+            try:
+                highwater = app.consumer.highwater(TP(settings.events_topic, partition))
+            except Exception:
+                continue
+            if highwater is None:
+                continue
+            live.lag[partition] = lag = max(0, highwater - cursor - 1)
+            if lag == 0:
+                live.progress_at_s[partition] = now_s
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def not_ready_while_rebalancing(sender: Any, revoked: set[Any], **_: Any) -> None:

@@ -10,9 +10,18 @@ ordered internal topic (``<namespace>.campaign-input``, one partition):
   (:func:`settled_through`).
 
 A campaign window ``[start, start + size)`` is emitted when progress from every partition is at or past ``start``;
-it is the sum of the copies received for it. A copy for a window of a campaign that was already emitted at or after
-its start (a livestream that appeared with events older than the fair's progress, or a copy sent again after a
-crash) changes nothing and is counted in ``ignored_windows``.
+it is the sum of the copies received for it.
+
+Idle partitions. A partition with no record for the idle timeout reports, at each idle tick, only the bound of its
+open windows (``idle``, as of the tick's wall-clock time ``as_of_wall_ms``). Such a claim is trusted for window
+``S`` only if it was made after the newest record that brought any active partition to ``S`` was produced
+(``as_of_wall_ms`` of that partition's report): the ticks of a partition are processed after every record produced
+before them, so the idle partition had then read everything produced alongside the data of ``S``. A fresh worker
+that sat idle before a burst therefore emits exactly what it emits without the pause.
+
+A copy for a window of a campaign that was already emitted at or after its start (a livestream that appeared
+with events older than the fair's progress, or a copy sent again after a crash) changes nothing and is counted in
+``ignored_windows``.
 
 The state carries the input offset it reflects and is saved after the outputs are acknowledged, so a restart
 neither loses nor double counts a copy; windows re-emitted after a crash are filtered by the caller.
@@ -40,8 +49,13 @@ class ChannelWindowCopy(msgspec.Struct, frozen=True, tag="window", tag_field="ki
 
 
 class PartitionProgress(msgspec.Struct, frozen=True, tag="progress", tag_field="kind"):
+    """How far a partition has settled. ``as_of_wall_ms``: Kafka timestamp of the newest record it had processed
+    (active), or of the idle tick (``idle``: no record for the idle timeout; only open windows are bounded)."""
+
     partition: int
     settled_through_ms: int
+    idle: bool = False
+    as_of_wall_ms: int = -1
 
 
 CampaignInput = ChannelWindowCopy | PartitionProgress
@@ -58,6 +72,10 @@ class CampaignState(msgspec.Struct):
     last_offset: int = -1
     progress: dict[int, int] = msgspec.field(default_factory=dict)
     """Settled-through window start per events partition, as last reported."""
+    idle_as_of: dict[int, int] = msgspec.field(default_factory=dict)
+    """Per partition whose last report was idle: the wall-clock time of that report."""
+    reached: dict[int, list[tuple[int, int]]] = msgspec.field(default_factory=dict)
+    """Per partition: (settled-through, as-of wall time) of its active reports, oldest first (bounded)."""
     pending: dict[str, dict[int, PendingWindow]] = msgspec.field(default_factory=dict)
     emitted_through: dict[str, int] = msgspec.field(default_factory=dict)
     """Newest emitted window start per campaign."""
@@ -111,8 +129,41 @@ def apply_input(
         return CampaignOutput([], [])
     # The newest report counts, even if lower (a restarted owner, or an idle partition that got records again):
     # it can only hold back windows not emitted yet.
-    state.progress[record.partition] = record.settled_through_ms
+    partition = record.partition
+    state.progress[partition] = record.settled_through_ms
+    if record.idle:
+        state.idle_as_of[partition] = record.as_of_wall_ms
+    else:
+        state.idle_as_of.pop(partition, None)
+        history = state.reached.setdefault(partition, [])
+        if not history or record.settled_through_ms > history[-1][0]:
+            history.append((record.settled_through_ms, record.as_of_wall_ms))
+            del history[:-REACHED_HISTORY]
     return release(state, partitions, size_ms, rules)
+
+
+REACHED_HISTORY: Final = 512
+"""Active reports kept per partition (a fair has a few hundred minutes; older ones only make the check stricter)."""
+
+
+def _first_reached(history: list[tuple[int, int]], start: int) -> int:
+    """Wall time of the first kept active report settled at or past ``start`` (-1 if none)."""
+    for settled, as_of in history:
+        if settled >= start:
+            return as_of
+    return -1
+
+
+def _settled(state: CampaignState, partitions: int, start: int) -> bool:
+    """Whether every partition is done with window ``start`` (see the module docstring for idle partitions)."""
+    progress, idle_as_of, reached = state.progress, state.idle_as_of, state.reached
+    if any(progress.get(p, -1) < start for p in range(partitions)):
+        return False
+    idle = [p for p in range(partitions) if p in idle_as_of and _first_reached(reached.get(p, []), start) < 0]
+    if not idle:
+        return True
+    data_as_of = max(_first_reached(history, start) for history in reached.values()) if reached else -1
+    return all(idle_as_of[p] >= data_as_of for p in idle)
 
 
 def release(state: CampaignState, partitions: int, size_ms: int, rules: AlertRules) -> CampaignOutput:
@@ -121,10 +172,16 @@ def release(state: CampaignState, partitions: int, size_ms: int, rules: AlertRul
     if len(state.progress) < partitions:
         return out
     through = min(state.progress.values())
+    candidates = sorted({s for pending in state.pending.values() for s in pending if s <= through})
+    settled = -1
+    for start in candidates:
+        if not _settled(state, partitions, start):
+            break
+        settled = start
     milestones = sorted(rules.gmv_milestone.amounts_vnd)
     for campaign in sorted(state.pending):
         pending = state.pending[campaign]
-        for start in sorted(s for s in pending if s <= through):
+        for start in sorted(s for s in pending if s <= settled):
             window = pending.pop(start)
             before = state.gmv_to_date.get(campaign, 0)
             after = before + window.counters.gmv_vnd

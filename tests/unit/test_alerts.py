@@ -264,3 +264,33 @@ def test_active_alert_record_has_the_key_of_its_firing_record() -> None:
         "stream_down", state.alerts["stream_down"], channel_id="c1", campaign="fair", emitted_at_ms=0
     )
     assert record.alert_id == fired.alert_id and record.status == "firing" and record.summary == fired.summary
+
+
+def test_an_idle_claim_older_than_the_data_does_not_release_a_campaign_window() -> None:
+    """A fresh worker idle before a burst: partition 1 reported idle before the burst was produced, so partition
+    0's data for the minute cannot be emitted on that claim; it waits for partition 1's own records."""
+    rules = AlertRules()
+    state = campaign.CampaignState()
+    offset = 0
+
+    def feed(record: campaign.CampaignInput) -> list[tuple[int, int, int]]:
+        nonlocal offset
+        offset += 1
+        out = campaign.apply_input(state, record, offset, 2, MINUTE, rules)
+        assert out is not False
+        return [(w.start_ms, w.counters.gmv_vnd, w.livestreams) for w in out.windows]
+
+    assert feed(campaign.PartitionProgress(0, campaign.SETTLED_ALL, idle=True, as_of_wall_ms=1_000)) == []
+    assert feed(campaign.PartitionProgress(1, campaign.SETTLED_ALL, idle=True, as_of_wall_ms=1_000)) == []
+    feed(campaign.ChannelWindowCopy("a", "fair", BASE, counters(10)))
+    assert feed(campaign.PartitionProgress(0, BASE, as_of_wall_ms=5_000)) == [], "partition 1's claim is older"
+    feed(campaign.ChannelWindowCopy("b", "fair", BASE, counters(5)))
+    assert feed(campaign.PartitionProgress(1, BASE, as_of_wall_ms=5_100)) == [(BASE, 15, 2)]
+
+    # A claim made after the data was produced is trusted: partition 1 idle again, partition 0 moves on.
+    feed(campaign.ChannelWindowCopy("a", "fair", BASE + MINUTE, counters(3)))
+    assert feed(campaign.PartitionProgress(1, campaign.SETTLED_ALL, idle=True, as_of_wall_ms=7_000)) == []
+    assert feed(campaign.PartitionProgress(0, BASE + MINUTE, as_of_wall_ms=8_000)) == []
+    assert feed(campaign.PartitionProgress(1, campaign.SETTLED_ALL, idle=True, as_of_wall_ms=9_000)) == [
+        (BASE + MINUTE, 3, 1)
+    ]

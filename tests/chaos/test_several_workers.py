@@ -1,0 +1,75 @@
+"""Several workers in one consumer group, on single-event records and on envelopes: rebalances while a paced
+replay runs (a worker killed -9, one added, one stopped with SIGTERM), and workers starting together on a filled
+topic. Every counter, final window, campaign window and alert record equals the oracle, each once; the group's
+committed offsets reach the end of every partition; no worker's processing loop crashed.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.chaos.test_failures import FAST_IDLE, SCALE, BackgroundReplay, assert_exact
+from tests.support import Pipeline, wait_until
+
+CRASH_SIGNS = (
+    "processing loop failed",
+    "bulk drain loop raised",
+    "Drain messages raised",
+    "KeyError",
+    "Partition is not assigned",
+    "fencing revoked partitions",
+)
+
+
+def assert_no_crash(pipeline: Pipeline) -> None:
+    for index in range(len(pipeline.workers)):
+        log = pipeline.worker_log(index)
+        for sign in CRASH_SIGNS:
+            assert sign not in log, f"worker {index} log shows {sign!r}:\n{log[-4000:]}"
+
+
+def assert_committed_to_the_end(pipeline: Pipeline) -> None:
+    """The group's committed offset of every events partition reaches its end (idle ticks keep appending, so
+    this is seen between two ticks)."""
+    wait_until(lambda: pipeline.lag() == 0, 90, "committed offsets at the end of every partition", interval=0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 50], ids=["single-events", "envelopes"])
+def test_three_workers_one_killed_one_added_one_stopped(pipeline: Pipeline, batch: int) -> None:
+    pipeline.extra_env.update(FAST_IDLE)
+    for index in range(3):
+        pipeline.start_worker(index=index)
+    replay = BackgroundReplay(pipeline, seed=31, batch=batch)
+    replay.at(0.25)
+    pipeline.stop_worker(pipeline.workers[0], signal.SIGKILL)
+    replay.at(0.45)
+    started = time.monotonic()
+    pipeline.start_worker(index=3)
+    joined_s = time.monotonic() - started
+    replay.at(0.65)
+    started = time.monotonic()
+    pipeline.stop_worker(pipeline.workers[1], signal.SIGTERM)
+    stopped_s = time.monotonic() - started
+    result = replay.join()
+    done = time.monotonic()
+    assert_exact(pipeline, result.oracle, seed=31, scale=SCALE)
+    print(f"batch {batch}: join ready in {joined_s:.1f} s, SIGTERM stop {stopped_s:.1f} s, exact "
+          f"{time.monotonic() - done:.1f} s after the replay")
+    assert_committed_to_the_end(pipeline)
+    assert_no_crash(pipeline)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 500], ids=["single-events", "envelopes"])
+def test_three_workers_starting_together_on_a_filled_topic(pipeline: Pipeline, batch: int) -> None:
+    pipeline.extra_env.update(FAST_IDLE)
+    result = pipeline.replay(scale=SCALE, seed=33, batch=batch)
+    for index in range(3):
+        pipeline.start_worker(index=index, wait=False)
+    assert_exact(pipeline, result.oracle, seed=33, scale=SCALE)
+    assert_committed_to_the_end(pipeline)
+    assert_no_crash(pipeline)
