@@ -61,6 +61,8 @@ from stream.state import (
     FoldEffects,
     IdRow,
     IdRows,
+    OrderBook,
+    OrderRow,
     WindowSpec,
     apply_record,
     close_windows,
@@ -83,7 +85,13 @@ _id_decoder = msgspec.msgpack.Decoder(dict[str, int])
 
 
 def id_row_key(channel_id: str, bucket: int) -> bytes:
+    """Key of a livestream's dedup row for one event-time minute (the bucket, an integer, never contains ``|``)."""
     return f"{channel_id}|{bucket}".encode()
+
+
+def order_row_key(channel_id: str, order_id: str) -> bytes:
+    """Key of an order's row: msgpack of the pair, unambiguous for any ids."""
+    return _id_encoder.encode((channel_id, order_id))
 
 
 def raw_bytes() -> faust.Schema:
@@ -156,6 +164,10 @@ class Fold(ChunkProcessor):
             app, "event-ids", parts, "applied event ids per livestream and event-time minute (retry dedup)", settings
         )
         self.id_rows = PartitionedTable(self.ids_table)
+        self.orders_table = raw_table(
+            app, "orders", parts, "counted statuses per (livestream, order id) within the order horizon", settings
+        )
+        self.order_rows = PartitionedTable(self.orders_table)
         # The offset of the last events record processed per partition lives in the same table, in its partition,
         # under a key no livestream can have (one RocksDB per table partition is memory; a table of 4 keys is waste).
         self.cursor_rows = self.id_rows
@@ -214,6 +226,12 @@ class Fold(ChunkProcessor):
             return _id_decoder.decode(stored) if stored is not None else {}
 
         ids = IdRows(load_ids)
+
+        def load_order(channel_id: str, order_id: str) -> OrderRow:
+            stored = self.order_rows.get(order_row_key(channel_id, order_id), contexts[current[0]])
+            return _id_decoder.decode(stored) if stored is not None else {}
+
+        orders = OrderBook(load_order, settings.order_horizon_s * 1000)
         dead: list[tuple[Any, DeadLetter, int | None, bytes | None]] = []
         forward: list[Any] = []
         changes: list[tuple[AlertChange, int]] = []
@@ -260,7 +278,7 @@ class Fold(ChunkProcessor):
             if state is None:
                 state = touched[channel_id] = self._state(channel_id, partition)
             current[0] = partition
-            if apply_record(state, result.events, partition, record.offset, spec, effects, produced_ms, ids):
+            if apply_record(state, result.events, partition, record.offset, spec, effects, produced_ms, ids, orders):
                 close(state, watermark(state, spec), partition)
                 bounded = min(state.max_ts_ms, produced_ms + lead_ms)
                 if bounded > partition_clock.get(partition, -1):
@@ -343,6 +361,12 @@ class Fold(ChunkProcessor):
             self.id_rows.set(
                 row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), contexts[touched[channel_id].partition]
             )
+        for channel_id, order_id in orders.changed:
+            self.order_rows.set(
+                order_row_key(channel_id, order_id),
+                _id_encoder.encode(orders.rows[(channel_id, order_id)]),
+                contexts[touched[channel_id].partition],
+            )
         for channel_id, bucket in ids.dropped:
             self.id_rows.delete(id_row_key(channel_id, bucket), contexts[touched[channel_id].partition])
         closed_channels = {closed.channel_id for closed, _ in finals} | {c.channel_id for c, _ in changes}
@@ -357,6 +381,7 @@ class Fold(ChunkProcessor):
         live.events_processed += effects.applied_events
         live.redelivered_records += effects.redelivered_records
         live.duplicate_events += effects.duplicate_events
+        live.duplicate_order_updates += effects.duplicate_orders
         live.late_events += len(effects.late)
         live.misrouted_records += len(forward)
         for change, _ in changes:

@@ -141,6 +141,16 @@ class SnapshotCollector(Collector):
         yield CounterMetricFamily(
             "livestream_duplicate_events", "Events whose event_id was already applied", value=live.duplicate_events
         )
+        yield CounterMetricFamily(
+            "livestream_duplicate_order_updates",
+            "Order events whose (order id, status) was already counted (e.g. a re-sent payment)",
+            value=live.duplicate_order_updates,
+        )
+        yield CounterMetricFamily(
+            "livestream_misrouted_records",
+            "Records found on a partition other than their key's, forwarded to the right one",
+            value=live.misrouted_records,
+        )
         yield CounterMetricFamily("livestream_windows_closed", "Final windows closed", value=live.windows_closed)
         yield CounterMetricFamily(
             "livestream_windows_suppressed",

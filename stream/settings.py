@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     allowed_lateness_s: int = Field(0, ge=0, description="watermark = max event time seen - allowed lateness")
     hop_windows: int = Field(5, ge=1, description="hopping window = this many tumbling windows, advancing by one")
     dedup_horizon_s: int = Field(600, ge=0, description="a repeated event_id within this much event time counts once")
+    order_horizon_s: int = Field(
+        86_400, ge=0, description="a repeated status of one order id within this much event time counts once"
+    )
     idle_timeout_s: float = Field(
         30.0,
         gt=0,

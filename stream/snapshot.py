@@ -112,6 +112,7 @@ class LiveSnapshot:
     redelivered_records: int = 0
     late_events: int = 0
     duplicate_events: int = 0
+    duplicate_order_updates: int = 0
     duplicate_windows_suppressed: int = 0
     windows_closed: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)

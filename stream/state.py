@@ -9,6 +9,11 @@ counter exact under at-least-once delivery.
 Semantics:
 - a paid order is an ``order`` event with status ``paid``; GMV is the sum of their ``amount_vnd`` (gross: a later
   refund is counted in ``orders_refunded`` and does not lower GMV or the paid count);
+- each status counts once per order: with an :class:`OrderBook`, a second ``paid`` (or ``placed``, ``cancelled``,
+  ``refunded``) of the same ``order_id`` on the same livestream within ``order_horizon_ms`` of event time, even with
+  another ``event_id`` (a platform re-sending a payment webhook), changes no counter and is counted in
+  ``duplicate_order_updates``; a cancel or refund after payment is counted in its own counter and leaves the paid
+  count and GMV as they are;
 - concurrent viewers = views - leaves so far; ``peak_concurrent`` is its maximum over the stream;
 - windows are ``[start, start + size)`` by event time; a window closes when the watermark (max event time seen minus
   allowed lateness) reaches ``end + grace``; an event for a closed window is *late*: it still counts stream-to-date,
@@ -82,6 +87,8 @@ class ChannelState(msgspec.Struct):
     late_events: int = 0
     duplicate_events: int = 0
     redelivered_records: int = 0
+    duplicate_order_updates: int = 0
+    """Order events whose (order id, status) was already counted (see :class:`OrderBook`)."""
     last_wall_ms: int = -1
     """Wall-clock time the last applied record was produced (its Kafka timestamp); drives the idle watermark."""
     ended_ms: int = -1
@@ -142,6 +149,7 @@ class FoldEffects:
     redelivered_records: int = 0
     applied_events: int = 0
     duplicate_events: int = 0
+    duplicate_orders: int = 0
     gap_ms: int = 0
     """Report silences of at least this much event time in ``gaps`` (0: do not look)."""
     gaps: list[Gap] = field(default_factory=list)
@@ -193,6 +201,30 @@ def no_stored_ids(channel_id: str, bucket: int) -> IdRow:
     return {}
 
 
+OrderRow = dict[str, int]
+"""Statuses counted for one order -> offset of the record that counted them; ``"ts"`` -> newest event time."""
+
+
+class OrderBook:
+    """Order statuses already counted, per (livestream, order id): loaded on first use, written back once per
+    batch by the caller (``changed``). A row older than the horizon (its ``ts``) counts as empty."""
+
+    def __init__(self, load: Callable[[str, str], OrderRow], horizon_ms: int = 86_400_000) -> None:
+        self._load = load
+        self.horizon_ms = horizon_ms
+        self.rows: dict[tuple[str, str], OrderRow] = {}
+        self.changed: set[tuple[str, str]] = set()
+        self.in_record: set[tuple[str, str]] = set()
+        """(order id, status) counted by the record being applied (cleared per record)."""
+
+    def row(self, channel_id: str, order_id: str) -> OrderRow:
+        key = (channel_id, order_id)
+        found = self.rows.get(key)
+        if found is None:
+            found = self.rows[key] = self._load(channel_id, order_id)
+        return found
+
+
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(ChannelState)
 
@@ -219,6 +251,7 @@ def apply_record(
     effects: FoldEffects,
     now_ms: int = -1,
     ids: IdRows | None = None,
+    orders: OrderBook | None = None,
 ) -> bool:
     """Fold the events of one Kafka record into ``state``; False (and nothing changes) if already applied.
 
@@ -239,6 +272,8 @@ def apply_record(
     state.last_wall_ms = now_ms
     in_record: set[str] = set()
     channel_id = state.channel_id
+    if orders is not None:
+        orders.in_record.clear()
     for event in events:
         if ids is not None:
             event_id = event.event_id
@@ -254,6 +289,10 @@ def apply_record(
             ids.changed.add((channel_id, bucket))
             if bucket not in state.id_buckets:
                 state.id_buckets.append(bucket)
+        if orders is not None and type(event) is Order and _order_seen(state, event, orders, offset, applied_through):
+            state.duplicate_order_updates += 1
+            effects.duplicate_orders += 1
+            continue
         _apply_event(state, event, spec, effects)
         effects.applied_events += 1
     if ids is not None:
@@ -263,6 +302,28 @@ def apply_record(
             ids.drop(channel_id, bucket)
     effects.touched.add(channel_id)
     return True
+
+
+def _order_seen(state: ChannelState, order: Order, orders: OrderBook, offset: int, applied_through: int) -> bool:
+    """True if ``order``'s status was already counted for its order id; otherwise marks it counted at ``offset``.
+
+    A mark stored by a record after ``applied_through`` belongs to a state change lost in a crash: not counted
+    (the record that made it is being redone). Two updates of one status inside one record: the second repeats.
+    """
+    row = orders.row(state.channel_id, order.order_id)
+    seen_at = row.get(order.status)
+    in_horizon = row.get("ts", -1) >= max(state.max_ts_ms, order.ts_ms) - orders.horizon_ms
+    if (
+        seen_at is not None
+        and in_horizon
+        and (seen_at <= applied_through or (order.order_id, order.status) in orders.in_record)
+    ):
+        return True
+    orders.in_record.add((order.order_id, order.status))
+    row[order.status] = offset
+    row["ts"] = max(row.get("ts", -1), order.ts_ms)
+    orders.changed.add((state.channel_id, order.order_id))
+    return False
 
 
 def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: FoldEffects) -> None:

@@ -166,6 +166,7 @@ class OracleBuilder:
         self._channels: dict[str, _Channel] = {}
         self._users: set[str] = set()
         self._types: dict[str, int] = {}
+        self._counted_orders: set[tuple[str, str, str]] = set()
 
     def add(self, event: Event) -> None:
         """Count one event."""
@@ -179,6 +180,7 @@ class OracleBuilder:
         view_t, leave_t, like_t, comment_t = View, Leave, Like, Comment
         share_t, cart_t, order_t, end_t = Share, AddToCart, Order, LiveEnd
         status_index = _STATUS_INDEX
+        counted_orders = self._counted_orders
         cid: str | None = None
         ch = _Channel()
         counters: list[int] = ch.counters
@@ -245,6 +247,10 @@ class OracleBuilder:
             elif t is order_t:
                 assert isinstance(ev, Order)
                 n_order += 1
+                once = (cid, ev.order_id, ev.status)
+                if once in counted_orders:
+                    continue  # each status counts once per order (a re-sent payment webhook)
+                counted_orders.add(once)
                 i = status_index[ev.status]
                 counters[i] += 1
                 wc[i] += 1

@@ -274,3 +274,47 @@ def test_idle_watermark_closes_the_last_window_after_the_timeout() -> None:
     assert [(w.start_ms, w.size_ms) for w in closed] == [(BASE, 60_000)] + [
         (BASE - 240_000 + i * 60_000, 300_000) for i in range(5)
     ]
+
+
+def test_a_resent_payment_counts_once_per_order_even_with_another_event_id() -> None:
+    from stream.state import OrderBook, OrderRow
+
+    stored: dict[tuple[str, str], OrderRow] = {}
+
+    def order(event_id: str, status: str, ts: int) -> Order:
+        return Order(
+            event_id=event_id,
+            channel_id="c",
+            creator_id="h",
+            campaign="f",
+            user_id="u",
+            ts_ms=ts,
+            order_id="o-1",
+            product_id="p",
+            quantity=2,
+            amount_vnd=100_000,
+            status=status,  # type: ignore[arg-type]
+        )
+
+    state = ChannelState(channel_id="c")
+    book = OrderBook(lambda c, o: dict(stored.get((c, o), {})))
+    effects = FoldEffects()
+    apply_record(state, [order("e1", "placed", BASE), order("e2", "paid", BASE + 1)], 0, 0, SPEC, effects, orders=book)
+    apply_record(state, [order("e3", "paid", BASE + 2)], 0, 1, SPEC, effects, orders=book)  # webhook re-sent
+    apply_record(
+        state, [order("e4", "paid", BASE + 3), order("e5", "paid", BASE + 3)], 0, 2, SPEC, effects, orders=book
+    )
+    apply_record(state, [order("e6", "refunded", BASE + 4)], 0, 3, SPEC, effects, orders=book)
+    totals = state.totals
+    assert (totals.orders_placed, totals.orders_paid, totals.items_sold, totals.gmv_vnd) == (1, 1, 2, 100_000)
+    assert totals.orders_refunded == 1, "a refund after payment counts in its own counter, GMV stays gross"
+    assert state.duplicate_order_updates == effects.duplicate_orders == 3
+
+    # A crash lost the state change of the record that counted the payment (its mark was saved): redone, it counts.
+    stored.update(book.rows)
+    fresh = ChannelState(channel_id="c")
+    redo = OrderBook(lambda c, o: dict(stored.get((c, o), {})))
+    apply_record(
+        fresh, [order("e1", "placed", BASE), order("e2", "paid", BASE + 1)], 0, 0, SPEC, FoldEffects(), orders=redo
+    )
+    assert (fresh.totals.orders_placed, fresh.totals.orders_paid) == (1, 1)
