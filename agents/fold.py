@@ -114,6 +114,13 @@ def raw_table(app: faust.App, name: str, partitions: int, help_text: str, settin
         key_type=bytes,
         value_type=bytes,
         schema=raw_bytes(),
+        # Compaction only works on closed segments: small segments let the changelog be compacted during a fair,
+        # so a takeover replays the latest value per key, not every write since the start.
+        extra_topic_configs={
+            "segment.bytes": str(settings.changelog_segment_mb * 1024 * 1024),
+            "segment.ms": str(10 * 60 * 1000),
+            "min.cleanable.dirty.ratio": "0.1",
+        },
         options={
             "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
             "max_write_buffer_number": 2,

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
 
     # Topology.
-    partitions: int = Field(4, ge=1, description="partitions of the events topic (and of the state changelog)")
+    partitions: int = Field(
+        12, ge=1, description="partitions of the events topic and the state changelogs (fixed once a namespace exists)"
+    )
 
     # Processing.
     batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
@@ -76,6 +78,10 @@ class Settings(BaseSettings):
     )
     rocksdb_block_cache_mb: int = Field(
         1, ge=1, description="RocksDB block cache per table partition (faust's default is 2 GB)"
+    )
+
+    changelog_segment_mb: int = Field(
+        16, ge=1, description="segment size of the state changelog topics (compaction works on closed segments)"
     )
 
     # Alerts.
