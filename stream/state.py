@@ -80,6 +80,9 @@ class ChannelState(msgspec.Struct):
     """Open (not yet closed) tumbling windows by start ms."""
     closed_through_ms: int = -1
     """Every window with start <= this has been closed and emitted; events for them are late."""
+    hop_through_ms: int = -1
+    """Hopping windows ending at or before this + size have been emitted (it can run ahead of
+    ``closed_through_ms`` after an idle or ended close, see :func:`close_windows`)."""
     recent_closed: dict[int, Counters] = msgspec.field(default_factory=dict)
     """The last closed 1-minute windows (by start), from which 5-minute hopping windows are summed."""
     id_buckets: list[int] = msgspec.field(default_factory=list)
@@ -430,10 +433,10 @@ def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> l
     """
     size = spec.size_ms
     horizon = watermark_ms - size - spec.grace_ms  # windows with start <= horizon are closed
+    old_hop = max(state.closed_through_ms, state.hop_through_ms)
     if horizon < 0 or horizon - horizon % size <= state.closed_through_ms:
         return []
     new_through = horizon - horizon % size
-    old_through = state.closed_through_ms
     finals: list[FinalWindow] = []
     for start in sorted(s for s in state.windows if s <= new_through):
         counters = state.windows.pop(start)
@@ -444,7 +447,7 @@ def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> l
     hop = spec.hop_windows
     if hop > 1:
         ends = {start + size * j for start in state.recent_closed for j in range(1, hop + 1)}
-        low = old_through + size if old_through >= 0 else -1
+        low = old_hop + size if old_hop >= 0 else -1
         for end in sorted(e for e in ends if low < e <= new_through + size):
             total = Counters()
             for start in range(end - hop * size, end, size):
@@ -452,12 +455,17 @@ def close_windows(state: ChannelState, watermark_ms: int, spec: WindowSpec) -> l
                 if part is not None:
                     total.merge(part)
             finals.append(FinalWindow(end - hop * size, hop * size, total))
-        keep_from = new_through - (hop - 2) * size
+        keep_from = max(old_hop, new_through) - (hop - 2) * size
         for start in [s for s in state.recent_closed if s < keep_from]:
             del state.recent_closed[start]
     else:
         state.recent_closed.clear()
-    state.closed_through_ms = new_through
+    # An idle or ended close (a watermark past the newest event) closes the windows holding events and emits the
+    # hopping windows reaching past them, but minutes after the newest event stay open: a livestream that comes
+    # back (a restart after ``live_end``, or after a pause) counts in its 1-minute windows again.
+    newest = state.max_ts_ms - state.max_ts_ms % size if state.max_ts_ms >= 0 else new_through
+    state.closed_through_ms = max(state.closed_through_ms, min(new_through, newest))
+    state.hop_through_ms = max(old_hop, new_through)
     return finals
 
 

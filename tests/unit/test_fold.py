@@ -318,3 +318,36 @@ def test_a_resent_payment_counts_once_per_order_even_with_another_event_id() -> 
         fresh, [order("e1", "placed", BASE), order("e2", "paid", BASE + 1)], 0, 0, SPEC, FoldEffects(), orders=redo
     )
     assert (fresh.totals.orders_placed, fresh.totals.orders_paid) == (1, 1)
+
+
+def test_a_livestream_that_ends_and_comes_back_80_s_later_counts_in_its_windows() -> None:
+    from schemas.events import LiveEnd
+    from stream.state import ended_watermark
+
+    state = ChannelState(channel_id="c1")
+    effects = FoldEffects()
+    closed: list[tuple[int, int]] = []
+    offset = 0
+
+    def feed(events: list[Event], clock: int) -> None:
+        nonlocal offset
+        apply_record(state, events, 0, offset, SPEC, effects)
+        offset += 1
+        for w in close_windows(state, watermark(state, SPEC), SPEC):
+            closed.append((w.size_ms, w.start_ms))
+        for w in close_windows(state, ended_watermark(state, SPEC, clock), SPEC):
+            closed.append((w.size_ms, w.start_ms))
+
+    feed([_view(1, BASE + 5_000)], BASE + 5_000)
+    end = LiveEnd(event_id="end", channel_id="c1", creator_id="h", campaign="f", user_id="h", ts_ms=BASE + 30_000)
+    feed([end], BASE + 30_000)
+    feed([], BASE + 45_000)  # the partition's clock passes the end + grace: the ended livestream's windows close
+    assert (60_000, BASE) in closed and state.windows == {}
+    back = BASE + 30_000 + 80_000  # 80 s after live_end
+    feed([_view(2, back), _view(3, back + 1_000)], back)
+    assert state.ended_ms == -1, "a later event makes it live again"
+    assert effects.late == [], "the restart's events are on time"
+    start = back - back % 60_000
+    assert state.windows[start].views == 2
+    feed([_view(4, start + 60_000 + SPEC.grace_ms + 1)], start + 60_000 + SPEC.grace_ms + 1)
+    assert (60_000, start) in closed and closed.count((60_000, start)) == 1
