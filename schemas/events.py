@@ -7,6 +7,8 @@ A :class:`Batch` envelope is one Kafka record carrying many events of one livest
 event inside it must name the same ``channel_id``. Envelopes are the fast path: one Kafka record, one decode.
 
 JSON Schema for other languages is generated from these classes into ``schemas/json/`` (``livestream schemas``).
+The rules a JSON Schema cannot express are :data:`RECORD_RULES` (written into the schemas' descriptions) and are
+enforced by ``stream/decode.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,30 @@ import msgspec
 SCHEMA_VERSION: Final = 1
 MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
 """Largest Kafka record value accepted; larger ones go to the dead-letter topic as ``oversized``."""
+MAX_JSON_DEPTH: Final = 32
+"""Deepest JSON nesting accepted, counting every array and object (unknown fields included) and the record's own
+object as level 1; events need 1 level, envelopes 3. Deeper records go to the dead-letter topic as ``too_deep``."""
+MAX_BATCH_EVENTS: Final = 100_000
+"""Most events in one batch envelope."""
+MAX_TS_MS: Final = 253_402_300_799_999
+"""Latest representable event time: 9999-12-31T23:59:59.999Z (the decoder's time bounds are much narrower)."""
+
+INTEGER_LITERAL_RULE: Final = (
+    "Written as a JSON integer literal: no fraction and no exponent (100000.0 and 1.7e12 are rejected, although "
+    'JSON Schema\'s "integer" admits them).'
+)
+RECORD_RULES: Final = (
+    "Rules this schema cannot express, enforced by the decoder (a record that breaks one goes to the dead-letter "
+    f"topic): the value is UTF-8 JSON text without a byte-order mark, at most {MAX_RECORD_BYTES} bytes, nested at "
+    f"most {MAX_JSON_DEPTH} levels deep (unknown fields included); integer fields are JSON integer literals, with "
+    "no fraction or exponent; the Kafka key is the UTF-8 of channel_id; every event of an envelope names the "
+    "envelope's channel_id; ts_ms is within the accepted window around the processing time (LIVESTREAM_MAX_PAST_DAYS "
+    "before, LIVESTREAM_MAX_FUTURE_S after). Unknown fields are ignored. In an envelope, an event that breaks a rule "
+    "is rejected alone and the envelope's other events are kept."
+)
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-EpochMs = Annotated[int, msgspec.Meta(ge=0, description="event time, epoch milliseconds UTC")]
+EpochMs = Annotated[int, msgspec.Meta(ge=0, le=MAX_TS_MS, description="event time, epoch milliseconds UTC")]
 Count = Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
 Vnd = Annotated[int, msgspec.Meta(ge=0, le=10_000_000_000, description="integer Vietnamese dong")]
 
@@ -100,7 +123,7 @@ class Batch(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="ba
 
     v: Literal[1] = 1
     channel_id: NonEmpty
-    events: Annotated[list[Event], msgspec.Meta(min_length=1, max_length=100_000)]
+    events: Annotated[list[Event], msgspec.Meta(min_length=1, max_length=MAX_BATCH_EVENTS)]
 
 
 Record = Event | Batch
