@@ -13,7 +13,7 @@ import faust
 import msgspec
 import redis.asyncio as aioredis
 
-from agents.redis_mirror import RedisKeys
+from agents.redis_mirror import RedisKeys, parse_hash
 from stream.settings import Settings
 from stream.state import COUNTER_FIELDS
 
@@ -23,11 +23,6 @@ RECENT_MINUTES = 30
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _numbers(raw: dict[Any, Any]) -> dict[str, Any]:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
-    return {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in fields.items()}
 
 
 async def board_data(client: aioredis.Redis, keys: RedisKeys, campaign: str | None) -> dict[str, Any]:
@@ -50,8 +45,15 @@ async def board_data(client: aioredis.Redis, keys: RedisKeys, campaign: str | No
     pipe.pfcount(keys.campaign(campaign, "viewers"))
     pipe.hgetall(keys.active_alerts())
     pipe.zrevrange(keys.campaign(campaign, "windows"), 0, RECENT_MINUTES - 1)
-    results = await pipe.execute()
-    channels = [_numbers(raw) for raw in results[: len(channel_ids)]]
+    results = await pipe.execute(raise_on_error=False)
+    for result in results[len(channel_ids) :]:
+        if isinstance(result, Exception):
+            raise result
+    # A livestream whose hash cannot be read (stale data of another type under its key) shows as its id.
+    channels = [
+        {"channel_id": cid, "error": str(raw)} if isinstance(raw, Exception) else parse_hash(raw)
+        for cid, raw in zip(channel_ids, results[: len(channel_ids)], strict=True)
+    ]
     creators, unique_viewers, raw_alerts, starts = results[len(channel_ids) :]
     totals = {name: sum(int(c.get(name, 0)) for c in channels) for name in COUNTER_FIELDS}
     totals.update(
@@ -67,7 +69,7 @@ async def board_data(client: aioredis.Redis, keys: RedisKeys, campaign: str | No
     ordered = sorted(int(_text(s)) for s in starts)
     for start in ordered:
         pipe.hgetall(keys.campaign_window(campaign, start))
-    minutes = [_numbers(raw) for raw in await pipe.execute()] if ordered else []
+    minutes = [parse_hash(raw) for raw in await pipe.execute()] if ordered else []
     channels.sort(key=lambda c: (-int(c.get("gmv_vnd", 0)), str(c.get("channel_id", ""))))
     return {
         "campaigns": campaigns,

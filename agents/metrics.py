@@ -91,9 +91,8 @@ class SnapshotCollector(Collector):
         unique = GaugeMetricFamily(
             "livestream_unique_viewers", "Distinct viewers of the campaign (HyperLogLog)", labels=["campaign"]
         )
-        for key, count in sorted(live.unique_viewers.items()):
-            if key.startswith("campaign:"):
-                unique.add_metric([key.removeprefix("campaign:")], count)
+        for campaign, count in sorted(live.campaign_unique_viewers.items()):
+            unique.add_metric([campaign], count)
         yield unique
         yield GaugeMetricFamily(
             "livestream_average_order_value_vnd", "GMV per paid order, VND", value=average_order_value(totals)
@@ -171,7 +170,9 @@ class SnapshotCollector(Collector):
             "Offset gaps (records faust skipped) filled by re-reading them",
             value=live.offset_gaps,
         )
-        yield CounterMetricFamily("livestream_redis_errors", "Failed Redis mirror flushes", value=live.redis_errors)
+        yield CounterMetricFamily(
+            "livestream_redis_errors", "Failed Redis mirror flushes and refused Redis commands", value=live.redis_errors
+        )
         yield CounterMetricFamily("livestream_redis_flushes", "Redis mirror flushes", value=live.redis_flushes)
         firing = GaugeMetricFamily(
             "livestream_alerts_firing", "Active alerts of the livestreams and campaigns owned here", labels=["rule"]

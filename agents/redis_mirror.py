@@ -2,10 +2,14 @@
 ``redis_flush_interval_s``), and at least every that long while anything is pending.
 
 Only absolute values are written (HSET of current totals, ZADD of GMV, PFADD of viewer ids, SADD of
-memberships), in one pipelined round trip per flush, so replays and retries can never double count in Redis.
-If Redis is unreachable the pending work is kept and retried on the next tick; processing never waits for Redis.
+memberships), in pipelined round trips, so replays and retries can never double count in Redis. If Redis is
+unreachable, or refuses writes as a whole (out of memory, read-only replica, loading, ...), the pending work is
+kept and retried on the next tick; processing never waits for Redis. A command refused for its own key (e.g.
+``WRONGTYPE`` from stale data under that key) is logged, counted in ``redis_errors`` and dropped; every other
+write of the flush still takes effect, so one bad key never stops the mirror for the other livestreams.
 
-Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
+Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback` and :mod:`agents.board`; ``<c>`` is
+a campaign and ``<id>`` a livestream id, each written through :func:`key_part`:
 
 - ``P campaigns`` set of campaigns; ``P campaign:<c>:channels`` / ``:creators`` sets; ``:gmv`` zset channel -> GMV;
   ``:viewers`` HyperLogLog of the campaign's viewers;
@@ -14,8 +18,21 @@ Key layout (``P`` = ``<namespace>:``), shared with :mod:`livestream.readback`:
   ``P channel:<id>:w5m:<start_ms>`` the final 5-minute hopping windows;
 - ``P campaign:<c>:w1m:<start_ms>`` hash of one final campaign window (``livestreams``, counters), indexed by
   start in the zset ``P campaign:<c>:windows``;
-- ``P alerts:active`` hash ``rule|subject`` -> JSON :class:`~schemas.alerts.AlertRecord` of every active alert
+- ``P alerts:active`` hash ``<rule>|<subject>`` -> JSON :class:`~schemas.alerts.AlertRecord` of every active alert
   (subject: livestream, or campaign for ``gmv_milestone``); a resolved alert's field is deleted.
+
+Ids are any string of 1..128 characters (:mod:`schemas.events`), so inside keys they are escaped: ``%``, ``:``,
+``{``, ``}`` and every character outside printable ASCII (spaces, newlines, ``ü``, ...) become ``%XX`` per UTF-8
+byte; every other character stays. An escaped id contains no ``:``, so a key's ``:``-separated parts are exactly
+the literal words above and the escaped ids, and the escaping is reversible (:func:`parse_key_part`): two distinct
+ids, or two key families, never give the same key. Ordinary ids read as themselves (``P channel:ch-01:viewers``);
+livestream ``a:viewers`` has the hash ``P channel:a%3Aviewers`` while livestream ``a`` has the HyperLogLog
+``P channel:a:viewers``; ``ü:ñ`` -> ``P channel:%C3%BC%3A%C3%B1``; ``{x}`` -> ``P channel:%7Bx%7D`` (no id can
+set a Redis Cluster hash tag). The namespace is not escaped: it names Kafka topics too, so it has no ``:``.
+
+Alert fields need no escaping: rule names are a fixed set of words without ``|`` (:data:`stream.alerts.RULES`),
+so ``<rule>|<subject>`` splits back at its first ``|`` whatever the subject holds (:func:`split_alert_field`).
+Members (channel ids in ``:channels`` and ``:gmv``, creators, campaigns) are stored as they are.
 """
 
 from __future__ import annotations
@@ -23,12 +40,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from typing import Any
+import urllib.parse
+from typing import Any, Literal
 
 import faust
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ExecAbortError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 
 from schemas.alerts import AlertRecord
 from stream.alerts import RULES
@@ -42,32 +72,68 @@ PFADD_CHUNK = 5_000
 PIPELINE_CHUNK = 4_000
 """Commands per pipelined round trip: bounds the memory a flush of many livestreams needs."""
 MERGE_CHUNK = 500
+REPORTED_KEYS_MAX = 10_000
+"""Keys whose refused writes were logged at warning level (then at debug level), remembered up to this many."""
+
+_ESCAPED = re.compile(r"[^\x21-\x24\x26-\x39\x3b-\x7a\x7c\x7e]+")
+"""Runs of characters :func:`key_part` escapes: all but printable ASCII other than ``%``, ``:``, ``{`` and ``}``."""
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
+
+def key_part(value: str) -> str:
+    """``value`` (an id) as one ``:``-separated part of a Redis key: ``%``, ``:``, ``{``, ``}`` and every character
+    outside printable ASCII are written ``%XX`` per UTF-8 byte, the rest is kept (``a:b c`` -> ``a%3Ab%20c``)."""
+    return _ESCAPED.sub(_percent, value) if _ESCAPED.search(value) else value
+
+
+def parse_key_part(part: str) -> str:
+    """The id :func:`key_part` escaped into ``part``."""
+    return urllib.parse.unquote(part, errors="surrogatepass")
+
+
+CampaignSet = Literal["channels", "creators", "gmv", "viewers", "windows"]
 
 
 class RedisKeys:
+    """Every Redis key of the serving layer (layout in the module docstring)."""
+
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
     def campaigns(self) -> str:
         return f"{self.prefix}campaigns"
 
-    def campaign(self, campaign: str, what: str) -> str:
-        return f"{self.prefix}campaign:{campaign}:{what}"
+    def campaign(self, campaign: str, what: CampaignSet) -> str:
+        return f"{self.prefix}campaign:{key_part(campaign)}:{what}"
 
     def channel(self, channel_id: str) -> str:
-        return f"{self.prefix}channel:{channel_id}"
+        return f"{self.prefix}channel:{key_part(channel_id)}"
 
     def channel_viewers(self, channel_id: str) -> str:
-        return f"{self.prefix}channel:{channel_id}:viewers"
+        return f"{self.prefix}channel:{key_part(channel_id)}:viewers"
 
     def window(self, channel_id: str, start_ms: int, size_ms: int = 60_000) -> str:
-        return f"{self.prefix}channel:{channel_id}:w{size_ms // 60_000}m:{start_ms}"
+        return f"{self.prefix}channel:{key_part(channel_id)}:w{size_ms // 60_000}m:{int(start_ms)}"
 
     def campaign_window(self, campaign: str, start_ms: int) -> str:
-        return f"{self.prefix}campaign:{campaign}:w1m:{start_ms}"
+        return f"{self.prefix}campaign:{key_part(campaign)}:w1m:{int(start_ms)}"
 
     def active_alerts(self) -> str:
         return f"{self.prefix}alerts:active"
+
+
+def alert_field(rule: str, subject: str) -> str:
+    """The field of an active alert in ``P alerts:active``: ``rule|subject`` (rule names contain no ``|``)."""
+    return f"{rule}|{subject}"
+
+
+def split_alert_field(field: str) -> tuple[str, str]:
+    """``(rule, subject)`` of an :func:`alert_field`: split at the first ``|``; the subject may hold any ``|``."""
+    rule, _, subject = field.partition("|")
+    return rule, subject
 
 
 CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
@@ -76,7 +142,7 @@ CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
 def channel_alert_records(state: ChannelView) -> dict[str, AlertRecord]:
     """The active alerts of a livestream as records, by ``rule|channel`` field."""
     return {
-        f"{rule}|{state.channel_id}": AlertRecord.from_active(
+        alert_field(rule, state.channel_id): AlertRecord.from_active(
             rule, alert, channel_id=state.channel_id, campaign=state.campaign, emitted_at_ms=0
         )
         for rule, alert in (state.alerts or {}).items()
@@ -102,10 +168,57 @@ def channel_hash(state: ChannelView, unique_viewers: int) -> dict[Any, str | int
     return fields
 
 
+TEXT_FIELDS = frozenset({"channel_id", "campaign", "creators", "active_alerts"})
+"""Fields of :func:`channel_hash` that hold text (ids), never parsed as numbers: livestream ``42`` stays ``"42"``."""
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def parse_hash(raw: dict[Any, Any]) -> dict[str, Any]:
+    """A hash the mirror wrote, as read back: names and values decoded, integer fields as ``int``, ids as ``str``."""
+    fields = {_text(k): _text(v) for k, v in raw.items()}
+    return {k: int(v) if k not in TEXT_FIELDS and _INTEGER.fullmatch(v) else v for k, v in fields.items()}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def window_hash(counters: Counters, start_ms: int, size_ms: int, final: bool) -> dict[Any, str | int]:
     fields: dict[Any, str | int] = dict(counters.as_dict())
     fields.update(window_start_ms=start_ms, window_end_ms=start_ms + size_ms, final=int(final))
     return fields
+
+
+_SERVER_WIDE_ERRORS = (OutOfMemoryError, ReadOnlyError, NoPermissionError, TryAgainError, ClusterDownError, AskError)
+_SERVER_WIDE_CODES = frozenset({"BUSY", "MISCONF", "NOREPLICAS", "LOADING", "MASTERDOWN", "UNBLOCKED"})
+
+
+def refused_for_its_key(error: BaseException) -> bool:
+    """True if a command's error concerns only the key it wrote (``WRONGTYPE``, a corrupt HyperLogLog, a bad
+    argument): retrying cannot help, so the write is dropped. False if Redis refuses writes as a whole (out of
+    memory, read-only replica, loading, busy script, no permission, ...) or the error is not a command's reply:
+    the flush is then retried on the next tick."""
+    if not isinstance(error, ResponseError) or isinstance(error, (*_SERVER_WIDE_ERRORS, ExecAbortError)):
+        return False
+    message = str(error.args[0]) if error.args else ""
+    return message.split(" ", 1)[0] not in _SERVER_WIDE_CODES
+
+
+class _Batch:
+    """Commands for one pipelined round trip (no transaction), each queued with the key it writes, so that a
+    command refused for its key is reported and skipped while the others take effect."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self.pipe: Pipeline = client.pipeline(transaction=False)
+        self.keys: list[str] = []
+
+    def on(self, key: str) -> Pipeline:
+        """The pipeline, to queue exactly one command on ``key``."""
+        self.keys.append(key)
+        return self.pipe
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 class RedisMirror:
@@ -116,9 +229,11 @@ class RedisMirror:
         self.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self._failing = False
         self._campaigns_with_alerts: set[str] = set()
+        self._reported: set[str] = set()
 
     async def flush(self) -> None:
-        """Write everything pending; on failure give it back to the snapshot for the next tick."""
+        """Write everything pending; if Redis is unreachable or refuses every write, give it back to the snapshot
+        for the next tick (writes refused for their own key are dropped in :meth:`_run`)."""
         dirty, viewers, closed = self.live.take_dirty()
         campaign_windows, self.live.pending_campaign = self.live.pending_campaign, []
         campaign_alerts, self.live.campaign_alerts_dirty = self.live.campaign_alerts_dirty, False
@@ -141,6 +256,40 @@ class RedisMirror:
         self._failing = False
         self.live.redis_flushes += 1
 
+    async def _run(self, batch: _Batch) -> list[Any]:
+        """Execute ``batch``: its replies in order, a refused command's reply being its exception. A command
+        refused for its key is logged and counted in ``redis_errors``; anything else raises (connection lost,
+        Redis refusing writes as a whole) so that :meth:`flush` keeps the work for the next tick."""
+        if not batch.keys:
+            return []
+        stack = batch.pipe.command_stack
+        if len(stack) != len(batch.keys):
+            raise RuntimeError(f"{len(stack)} commands queued for {len(batch.keys)} keys")
+        commands = [str(args[0]) for args, _ in stack]
+        results: list[Any] = await batch.pipe.execute(raise_on_error=False)
+        failed = [i for i, result in enumerate(results) if isinstance(result, Exception)]
+        for i in failed:
+            if not refused_for_its_key(results[i]):
+                raise results[i]
+        for i in failed:
+            self._refused(commands[i], batch.keys[i], results[i])
+        return results
+
+    def _refused(self, command: str, key: str, error: Exception) -> None:
+        self.live.redis_errors += 1
+        if key in self._reported:
+            log.debug("Redis refused %s %r again, skipped: %s", command, key, error)
+            return
+        if len(self._reported) >= REPORTED_KEYS_MAX:
+            self._reported.clear()
+        self._reported.add(key)
+        log.warning(
+            "Redis refused %s %r, skipped (the other writes go on; repeats are logged at debug level): %s",
+            command,
+            key,
+            error,
+        )
+
     async def _write(self, dirty: set[str], viewers: dict[str, list[str]], closed: list[ClosedWindow]) -> None:
         keys, live = self.keys, self.live
         # The states as of now: the fold replaces (never mutates) a channel's state object after each batch, so
@@ -152,96 +301,124 @@ class RedisMirror:
             campaigns.setdefault(state.campaign, []).append(channel_id)
 
         # Viewers: each id once per flush into its livestream's HyperLogLog; the campaign's HyperLogLog is the union
-        # of its livestreams' (PFMERGE), which gives the same registers as adding every id to it.
-        merge_into: dict[str, list[str]] = {}
-        pipe = self.client.pipeline(transaction=False)
-        queued = 0
+        # of its livestreams' (PFMERGE), which gives the same registers as adding every id to it. A livestream
+        # whose PFADD was refused (its key holds something else) is left out of the union, so a refused PFMERGE
+        # concerns the campaign's own key.
+        refused: set[str] = set()
+        batch = _Batch(self.client)
         for channel_id, ids in viewers.items():
+            key = keys.channel_viewers(channel_id)
             unique = list(dict.fromkeys(ids))
             for i in range(0, len(unique), PFADD_CHUNK):
-                pipe.pfadd(keys.channel_viewers(channel_id), *unique[i : i + PFADD_CHUNK])
-                queued += 1
+                batch.on(key).pfadd(key, *unique[i : i + PFADD_CHUNK])
+            if len(batch) >= PIPELINE_CHUNK:
+                refused |= await self._refused_keys(batch)
+                batch = _Batch(self.client)
+        refused |= await self._refused_keys(batch)
+        merge_into: dict[str, list[str]] = {}
+        for channel_id in viewers:
             owner = states.get(channel_id) or live.channels.get(channel_id)
-            if owner is not None and owner.campaign:
-                merge_into.setdefault(owner.campaign, []).append(keys.channel_viewers(channel_id))
-            if queued >= PIPELINE_CHUNK:
-                await pipe.execute()
-                queued = 0
+            source = keys.channel_viewers(channel_id)
+            if owner is not None and owner.campaign and source not in refused:
+                merge_into.setdefault(owner.campaign, []).append(source)
+        batch = _Batch(self.client)
         for campaign, sources in merge_into.items():
             target = keys.campaign(campaign, "viewers")
             for i in range(0, len(sources), MERGE_CHUNK):
-                pipe.pfmerge(target, target, *sources[i : i + MERGE_CHUNK])
-        await pipe.execute()
+                batch.on(target).pfmerge(target, target, *sources[i : i + MERGE_CHUNK])
+        await self._run(batch)
+
         counted = list(states)
         for i in range(0, len(counted), PIPELINE_CHUNK):
-            pipe = self.client.pipeline(transaction=False)
+            batch = _Batch(self.client)
             for channel_id in counted[i : i + PIPELINE_CHUNK]:
-                pipe.pfcount(keys.channel_viewers(channel_id))
-            for channel_id, count in zip(counted[i : i + PIPELINE_CHUNK], await pipe.execute(), strict=True):
-                live.unique_viewers[channel_id] = int(count)
-        if campaigns:
-            pipe = self.client.pipeline(transaction=False)
-            for campaign in campaigns:
-                pipe.pfcount(keys.campaign(campaign, "viewers"))
-            for campaign, count in zip(campaigns, await pipe.execute(), strict=True):
-                live.unique_viewers[f"campaign:{campaign}"] = int(count)
+                key = keys.channel_viewers(channel_id)
+                batch.on(key).pfcount(key)
+            for channel_id, count in zip(counted[i : i + PIPELINE_CHUNK], await self._run(batch), strict=True):
+                if isinstance(count, int):
+                    live.unique_viewers[channel_id] = count
+        batch = _Batch(self.client)
+        for campaign in campaigns:
+            key = keys.campaign(campaign, "viewers")
+            batch.on(key).pfcount(key)
+        for campaign, count in zip(campaigns, await self._run(batch), strict=True):
+            if isinstance(count, int):
+                live.campaign_unique_viewers[campaign] = count
 
-        pipe = self.client.pipeline(transaction=False)
+        batch = _Batch(self.client)
         for campaign, channel_ids in campaigns.items():
+            members, creators_key, gmv_key = (
+                keys.campaign(campaign, "channels"),
+                keys.campaign(campaign, "creators"),
+                keys.campaign(campaign, "gmv"),
+            )
             for i in range(0, len(channel_ids), PIPELINE_CHUNK):
                 part = channel_ids[i : i + PIPELINE_CHUNK]
-                pipe.sadd(keys.campaigns(), campaign)
-                pipe.sadd(keys.campaign(campaign, "channels"), *part)
-                pipe.sadd(keys.campaign(campaign, "creators"), *{c for cid in part for c in states[cid].creators})
-                pipe.zadd(keys.campaign(campaign, "gmv"), {cid: states[cid].totals.gmv_vnd for cid in part})
-        queued = 0
+                batch.on(keys.campaigns()).sadd(keys.campaigns(), campaign)
+                batch.on(members).sadd(members, *part)
+                creators = {c for cid in part for c in states[cid].creators}
+                if creators:
+                    batch.on(creators_key).sadd(creators_key, *creators)
+                batch.on(gmv_key).zadd(gmv_key, {cid: states[cid].totals.gmv_vnd for cid in part})
+            if len(batch) >= PIPELINE_CHUNK:
+                await self._run(batch)
+                batch = _Batch(self.client)
+        alerts_key = keys.active_alerts()
         for channel_id, state in states.items():
-            pipe.hset(keys.channel(channel_id), mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
+            key = keys.channel(channel_id)
+            batch.on(key).hset(key, mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
             active = channel_alert_records(state)
             for rule in CHANNEL_RULES:
-                field = f"{rule}|{channel_id}"
+                field = alert_field(rule, channel_id)
                 if field in active:
-                    pipe.hset(keys.active_alerts(), field, msgspec.json.encode(active[field]))
+                    batch.on(alerts_key).hset(alerts_key, field, msgspec.json.encode(active[field]))
                 else:
-                    pipe.hdel(keys.active_alerts(), field)
+                    batch.on(alerts_key).hdel(alerts_key, field)
             for start_ms, counters in windows_written.get(channel_id, {}).items():
                 key = keys.window(channel_id, start_ms)
-                pipe.hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
-                pipe.expire(key, WINDOW_TTL_S)
-            queued += 1
-            if queued >= PIPELINE_CHUNK // 8:  # about 8 commands per livestream
-                await pipe.execute()
-                pipe = self.client.pipeline(transaction=False)
-                queued = 0
+                batch.on(key).hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
+                batch.on(key).expire(key, WINDOW_TTL_S)
+            if len(batch) >= PIPELINE_CHUNK:
+                await self._run(batch)
+                batch = _Batch(self.client)
         for window in closed:
             key = keys.window(window.channel_id, window.start_ms, window.size_ms)
-            pipe.hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
-            pipe.expire(key, WINDOW_TTL_S)
-        await pipe.execute()
+            batch.on(key).hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
+            batch.on(key).expire(key, WINDOW_TTL_S)
+            if len(batch) >= PIPELINE_CHUNK:
+                await self._run(batch)
+                batch = _Batch(self.client)
+        await self._run(batch)
         for channel_id, written in windows_written.items():
             if live.pending_windows.get(channel_id) is written:  # not replaced by a newer state meanwhile
                 del live.pending_windows[channel_id]
 
+    async def _refused_keys(self, batch: _Batch) -> set[str]:
+        """Execute ``batch``; the keys of its commands that were refused."""
+        results = await self._run(batch)
+        return {key for key, result in zip(batch.keys, results, strict=True) if isinstance(result, Exception)}
+
     async def _write_campaign(self, windows: list[tuple[str, int, Counters, int]], alerts_changed: bool) -> None:
-        keys, pipe = self.keys, self.client.pipeline(transaction=False)
+        keys, batch = self.keys, _Batch(self.client)
         for campaign, start_ms, counters, livestreams in windows:
             key = keys.campaign_window(campaign, start_ms)
             fields = window_hash(counters, start_ms, self.window_size_ms, final=True)
             fields["livestreams"] = livestreams
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, WINDOW_TTL_S)
-            pipe.zadd(keys.campaign(campaign, "windows"), {str(start_ms): start_ms})
+            batch.on(key).hset(key, mapping=fields)
+            batch.on(key).expire(key, WINDOW_TTL_S)
+            index = keys.campaign(campaign, "windows")
+            batch.on(index).zadd(index, {str(start_ms): start_ms})
         if alerts_changed:
-            active = self.live.campaign_alerts
+            active, alerts_key = self.live.campaign_alerts, keys.active_alerts()
             for campaign in self._campaigns_with_alerts | set(active):
-                field = f"gmv_milestone|{campaign}"
+                field = alert_field("gmv_milestone", campaign)
                 record = active.get(campaign, {}).get("gmv_milestone")
                 if record is not None:
-                    pipe.hset(keys.active_alerts(), field, msgspec.json.encode(record))
+                    batch.on(alerts_key).hset(alerts_key, field, msgspec.json.encode(record))
                 else:
-                    pipe.hdel(keys.active_alerts(), field)
+                    batch.on(alerts_key).hdel(alerts_key, field)
             self._campaigns_with_alerts = set(active)
-        await pipe.execute()
+        await self._run(batch)
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -34,14 +34,17 @@ def show_alerts(settings: Settings, *, history: bool, as_json: bool) -> int:
         return len(alerts)
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     title = "alert transitions (alerts topic)" if history else "active alerts (Redis)"
-    table = Table(title=f"{settings.namespace}: {title}")
+    table = Table(title=Text(f"{settings.namespace}: {title}"))
     for column in ("at (event time, UTC)", "rule", "subject", "status", "severity", "summary"):
         table.add_column(column)
     for alert in alerts:
         at = datetime.fromtimestamp(alert["at_ms"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
         subject = alert["channel_id"] or f"campaign {alert['campaign']}"
-        table.add_row(at, alert["rule"], subject, alert["status"], alert["severity"], alert["summary"])
+        # Subjects and summaries hold ids (any text): plain Text, never rich markup.
+        cells = (at, alert["rule"], subject, alert["status"], alert["severity"], alert["summary"])
+        table.add_row(*(Text(str(cell)) for cell in cells))
     Console().print(table)
     return len(alerts)

@@ -3,12 +3,18 @@
 Each demo run uses a fresh namespace (``demo<unix time>``) unless ``--namespace`` is given, so topics, consumer group
 and Redis keys of earlier runs never add to its numbers. It waits until the totals in Redis equal the replay's
 oracle (or the worker has committed everything and the totals stopped moving), then reports.
+
+SIGTERM (``timeout``, systemd, ``docker stop``) or SIGINT (Ctrl-C) stops the worker and every other child process
+(SIGTERM, up to :data:`STOP_GRACE_S` seconds, then SIGKILL) and exits with 143 or 130
+(:func:`children_stopped_on_signals`, also used by ``livestream bench``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -16,9 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import redis
@@ -31,9 +41,123 @@ from livestream.producer import replay_fair
 from stream.replay.profile import OCOP_FAIR, scaled
 from stream.settings import Settings
 
+STOP_GRACE_S = 10.0
+"""Seconds a child process has to exit after SIGTERM before it is killed."""
+EXIT_DEADLINE_S = 5.0
+"""After a stop signal and its children are gone, seconds the demo has to unwind (``finally`` blocks, the
+terminal's cursor) before it exits regardless: a thread blocked for good (e.g. reading from a replay generator
+that was just stopped) must not keep the process alive."""
+
 
 def log(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+def child_pids() -> list[int]:
+    """Live (not yet exited) child processes of this process, whoever started them (Linux ``/proc``), except
+    multiprocessing's resource tracker (it ignores SIGTERM and exits by itself once this process has exited)."""
+    me, found = os.getpid(), []
+    tracker = getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": comm may hold anything
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == me and fields[0] not in (b"Z", b"X") and int(entry.name) != tracker:
+            found.append(int(entry.name))
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def stop_children(grace_s: float = STOP_GRACE_S) -> list[int]:
+    """SIGTERM every child process, give them ``grace_s`` seconds to exit, SIGKILL those still running and wait
+    until they are gone. Children are not reaped (their ``Popen`` objects still get their exit status); an exited
+    child holds no port or file. Returns the pids that had to be killed."""
+    pids = child_pids()
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pids = [pid for pid in child_pids() if pid in pids]
+    killed = pids
+    _signal_all(killed, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pids = [pid for pid in child_pids() if pid in pids]
+    return killed
+
+
+@contextlib.contextmanager
+def children_stopped_on_signals(
+    grace_s: float = STOP_GRACE_S, name: str = "demo", exit_deadline_s: float = EXIT_DEADLINE_S
+) -> Iterator[None]:
+    """While in the block, SIGTERM and SIGINT stop every child process (:func:`stop_children`), then exit the
+    command with ``128 + signal`` (143, 130) by raising :class:`SystemExit`, so ``finally`` blocks still run; if
+    they have not finished ``exit_deadline_s`` seconds later the process exits anyway. Another signal while
+    stopping kills the remaining children at once, unless it comes within a second of the first (``timeout``, a
+    terminal's Ctrl-C and the parent command may all signal the same processes at once). The previous handlers are
+    restored on leaving the block."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread receives signals
+        yield
+        return
+    stopping_since: float | None = None
+
+    def say(message: str) -> None:
+        print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+    def exit_anyway(code: int) -> None:
+        say(f"still running {exit_deadline_s:.0f} s after its child processes stopped; exiting now")
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os._exit(code)
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping_since
+        code = 128 + signum
+        if stopping_since is not None:
+            if time.monotonic() - stopping_since < 1:
+                return  # the same stop, delivered by several senders: keep stopping gracefully
+            _signal_all(child_pids(), signal.SIGKILL)
+            raise SystemExit(code)
+        stopping_since = time.monotonic()
+        # SystemExit is raised wherever the main thread is, possibly inside an asyncio task: asyncio would then log
+        # it as a task exception nobody retrieved, a traceback that says nothing about the stop.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        say(f"{signal.Signals(signum).name} received: stopping child processes, then exiting with {code}")
+        killed = stop_children(grace_s)
+        if killed:
+            say(f"killed child processes {killed}: still running {grace_s:.0f} s after SIGTERM")
+        watchdog = threading.Timer(exit_deadline_s, exit_anyway, (code,))
+        watchdog.daemon = True
+        watchdog.start()
+        raise SystemExit(code)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM ``proc``, wait up to ``grace_s`` seconds, then SIGKILL it; returns once it has exited."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
@@ -151,6 +275,14 @@ def read_metrics(port: int) -> dict[str, float]:
 def run_demo(
     overrides: dict[str, Any], *, once: bool, scale: float, seed: int, batch: int, speed: float, timeout: float
 ) -> int:
+    """The demo; its exit code (0 exact, 1 mismatch with ``--once``, 2 port in use; 143/130 on SIGTERM/SIGINT)."""
+    with children_stopped_on_signals():
+        return _run_demo(overrides, once=once, scale=scale, seed=seed, batch=batch, speed=speed, timeout=timeout)
+
+
+def _run_demo(
+    overrides: dict[str, Any], *, once: bool, scale: float, seed: int, batch: int, speed: float, timeout: float
+) -> int:
     namespace = overrides.get("namespace") or f"demo{int(time.time())}"
     settings = Settings(
         **{
@@ -204,17 +336,13 @@ def run_demo(
         _serve(settings, profile.campaign, expected, totals, elapsed, result.events)
         return 0
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, grace_s=60)
 
 
 def _serve(
     settings: Settings, campaign: str, expected: dict[str, int], totals: dict[str, int], elapsed: float, events: int
 ) -> None:
-    """Print the counters, then refresh them every 2 s until Ctrl-C."""
+    """Print the counters, then refresh them every 2 s until Ctrl-C or SIGTERM (which exit 130 / 143)."""
     from rich.console import Console
     from rich.live import Live
 
@@ -235,12 +363,9 @@ def _serve(
         f"{events:,} events in {elapsed:.1f} s ({events / elapsed:,.0f} events/s)\n"
         f"ops board: http://127.0.0.1:{settings.web_port}/   also /metrics /api/board /api/totals   (Ctrl-C to stop)"
     )
-    try:
-        with Live(console=console, refresh_per_second=1) as live:
-            while True:
-                channels = readback.read_channels(client, settings.redis_prefix, campaign)
-                full = readback.read_campaign(client, settings.redis_prefix, campaign)
-                live.update(channel_table(campaign, channels, full))
-                time.sleep(2)
-    except KeyboardInterrupt:
-        pass
+    with Live(console=console, refresh_per_second=1) as live:
+        while True:
+            channels = readback.read_channels(client, settings.redis_prefix, campaign)
+            full = readback.read_campaign(client, settings.redis_prefix, campaign)
+            live.update(channel_table(campaign, channels, full))
+            time.sleep(2)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import redis
+from redis.exceptions import ResponseError
 
-from agents.redis_mirror import RedisKeys
+from agents.redis_mirror import RedisKeys, parse_hash
 from stream.state import COUNTER_FIELDS
 
 
@@ -18,17 +20,17 @@ SUMMARY_KEYS = ("views", "orders", "gmv_vnd", "livestreams", "creators")
 
 
 def read_channels(client: redis.Redis, prefix: str, campaign: str) -> dict[str, dict[str, Any]]:
-    """Every livestream hash of a campaign, integers parsed."""
+    """Every livestream hash of a campaign, by livestream id; integer fields parsed, ids left as text. A
+    livestream whose key cannot be read (stale data of another type) is ``{"error": <Redis's answer>}``."""
     keys = RedisKeys(prefix)
     channel_ids = sorted(_text(m) for m in client.smembers(keys.campaign(campaign, "channels")))
     pipe = client.pipeline(transaction=False)
     for channel_id in channel_ids:
         pipe.hgetall(keys.channel(channel_id))
-    result: dict[str, dict[str, Any]] = {}
-    for channel_id, raw in zip(channel_ids, pipe.execute(), strict=True):
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        result[channel_id] = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in fields.items()}
-    return result
+    return {
+        channel_id: {"error": str(raw)} if isinstance(raw, ResponseError) else parse_hash(raw)
+        for channel_id, raw in zip(channel_ids, pipe.execute(raise_on_error=False), strict=True)
+    }
 
 
 def read_campaign(client: redis.Redis, prefix: str, campaign: str) -> dict[str, int]:
@@ -60,8 +62,6 @@ def campaigns(client: redis.Redis, prefix: str) -> list[str]:
 
 def read_active_alerts(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     """Active operator alerts (``<prefix>alerts:active``), oldest first."""
-    import json
-
     raw = client.hgetall(RedisKeys(prefix).active_alerts())
     alerts = [json.loads(value) for value in raw.values()]
     return sorted(alerts, key=lambda a: (a["at_ms"], a["alert_id"]))

@@ -1,18 +1,33 @@
-"""Terminal rendering of live counters (rich tables)."""
+"""Terminal rendering of live counters (rich tables).
+
+Ids are any text (``[bold]``, ``[/x]``, newlines), so they go into tables as :class:`rich.text.Text`, never
+through rich's markup parser; only numeric columns are formatted as numbers.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
+
+_INTEGER = re.compile(r"-?[0-9]+")
+TEXT_COLUMNS = frozenset({"channel_id", "creators", "active_alerts"})
 
 
 def _n(value: Any) -> str:
-    return f"{int(value):,}" if str(value).lstrip("-").isdigit() else str(value)
+    text = str(value)
+    return f"{int(text):,}" if _INTEGER.fullmatch(text) else text
+
+
+def _cell(key: str, value: Any) -> Text:
+    return Text(str(value) if key in TEXT_COLUMNS else _n(value))
 
 
 def channel_table(campaign: str, channels: dict[str, dict[str, Any]], totals: dict[str, int]) -> Table:
-    table = Table(title=f"{campaign}: {totals['livestreams']} livestreams, {totals['creators']} creators")
+    title = Text(f"{campaign}: {totals['livestreams']} livestreams, {totals['creators']} creators")
+    table = Table(title=title)
     columns = [
         ("livestream", "channel_id"),
         ("creators", "creators"),
@@ -30,17 +45,16 @@ def channel_table(campaign: str, channels: dict[str, dict[str, Any]], totals: di
     ]
     for header, _ in columns:
         table.add_column(header, justify="left" if header in ("livestream", "creators", "alerts") else "right")
-    ranked = sorted(channels.items(), key=lambda kv: -int(kv[1].get("gmv_vnd", 0)))
+    ranked = sorted(channels.items(), key=lambda kv: (-int(kv[1].get("gmv_vnd", 0)), kv[0]))
     for channel_id, fields in ranked:
         name = f"{channel_id} (ended)" if fields.get("ended") else channel_id
-        table.add_row(*[name if key == "channel_id" else _n(fields.get(key, "")) for _, key in columns])
+        table.add_row(*[Text(name) if key == "channel_id" else _cell(key, fields.get(key, "")) for _, key in columns])
     table.add_section()
     fair = {
         **totals,
-        "channel_id": "FAIR",
         "creators": str(totals["creators"]),
         "peak_concurrent_viewers": "",
         "concurrent_viewers": totals.get("concurrent_viewers", 0),
     }
-    table.add_row(*[_n(fair.get(key, "")) if key != "channel_id" else "FAIR" for _, key in columns])
+    table.add_row(*[Text("FAIR") if key == "channel_id" else Text(_n(fair.get(key, ""))) for _, key in columns])
     return table

@@ -83,7 +83,10 @@ class LiveSnapshot:
     pending_windows: dict[str, dict[int, Counters]] = field(default_factory=dict)
     """Open windows of dirty channels, as of their latest state, until the mirror has written them."""
     unique_viewers: dict[str, int] = field(default_factory=dict)
-    """Latest HyperLogLog estimate per channel id and per ``campaign:<name>``, refreshed by the Redis mirror."""
+    """Latest HyperLogLog estimate per livestream id, refreshed by the Redis mirror."""
+    campaign_unique_viewers: dict[str, int] = field(default_factory=dict)
+    """Latest HyperLogLog estimate per campaign, refreshed by the Redis mirror (apart from livestream ids, which
+    can be any string)."""
 
     open_bounds: dict[int, dict[str, int]] = field(default_factory=dict)
     """Per events partition: ``closed_through_ms`` of each owned livestream that has an open window (campaign

@@ -172,6 +172,8 @@ def run_child(module: str, args: list[str], result_path: Path, log_path: Path, t
     """Run ``python -m <module> <args>`` to completion and read the :class:`ChildResult` it wrote."""
     result_path.unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    from livestream.demo import stop_process
+
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", module, *args, "--result", str(result_path)], stdout=out, stderr=subprocess.STDOUT
@@ -182,6 +184,9 @@ def run_child(module: str, args: list[str], result_path: Path, log_path: Path, t
             proc.kill()
             proc.wait(10)
             raise BenchError(f"{module} did not finish in {timeout:.0f} s; log: {log_path}") from None
+        except BaseException:  # interrupted (a stop signal, Ctrl-C): never leave the child running
+            stop_process(proc)
+            raise
     if code != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace")[-2000:]
         raise BenchError(f"{module} exited with {code} and no result; log {log_path}:\n{tail}")

@@ -332,9 +332,17 @@ class Bench:
 
 
 def run_bench(options: BenchOptions, strict: bool = False) -> int:
-    """Run the benchmark; exit code 1 if a step failed, 2 if ``strict`` and a measured target was missed."""
+    """Run the benchmark; exit code 1 if a step failed, 2 if ``strict`` and a measured target was missed.
+
+    SIGTERM or SIGINT stops every child process (consumers, workers, the fair's ``livestream demo``, which stops
+    its own worker first), then exits with 143 or 130 after the current step's namespaces are cleaned up."""
+    from livestream.demo import STOP_GRACE_S, children_stopped_on_signals
+
     bench = Bench(options)
-    code = bench.run()
+    # The fair step's child is a demo that gives its own worker STOP_GRACE_S: give it a little more. Cleaning up
+    # the step's namespaces (topics, groups, Redis keys) after a stop signal may take a while.
+    with children_stopped_on_signals(grace_s=STOP_GRACE_S + 5, name="bench", exit_deadline_s=120):
+        code = bench.run()
     if code == 0 and strict and any(t.met is False for t in targets(bench.figures)):
         return 2
     return code
