@@ -28,6 +28,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -188,6 +189,8 @@ class Fold(ChunkProcessor):
         self.partition_clock: dict[int, int] = {}
         """Event-time clock per owned events partition (stream-down and ended livestreams): the newest event time
         applied there, each record's contribution bounded by its Kafka timestamp + ``max_clock_lead_s``."""
+        self.clock_top: dict[int, list[tuple[str, int]]] = {}
+        """Per partition: the two newest livestream clock contributions, (livestream, contribution)."""
         self.scanned_at: dict[int, int] = {}
         self.progress_sent: dict[int, tuple[int, bool]] = {}
         self.partition_wall: dict[int, int] = {}
@@ -201,6 +204,7 @@ class Fold(ChunkProcessor):
         for partition in partitions:
             self.partition_clock.pop(partition, None)
             self.scanned_at.pop(partition, None)
+            self.clock_top.pop(partition, None)
             self.progress_sent.pop(partition, None)
             self.partition_wall.pop(partition, None)
         self.emitted.forget(partitions)
@@ -245,7 +249,7 @@ class Fold(ChunkProcessor):
         finals: list[tuple[ClosedWindow, int]] = []
         copies: list[campaign.ChannelWindowCopy] = []
         partition_wall = self.partition_wall
-        partition_clock = self.partition_clock
+        rules = self.rules
         lead_ms = settings.max_clock_lead_s * 1000
         home = self.home_partition
         records_seen = 0
@@ -262,10 +266,14 @@ class Fold(ChunkProcessor):
                         campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
                     )
 
+        def scan(partition: int, tick_ms: int) -> None:
+            changes.extend(self._scan_partition(partition, tick_ms, touched, close))
+
         def fold_record(record: Any, partition: int) -> None:
             key, value, headers = record.key, record.value, record.headers
             if headers and any(name == TICK_HEADER for name, _ in headers):
                 ticks[partition] = record.timestamp
+                scan(partition, record.timestamp)
                 return
             if key is not None and home(key) != partition:
                 forward.append(record)
@@ -276,7 +284,7 @@ class Fold(ChunkProcessor):
             if isinstance(result, DeadLetter):
                 dead.append((record, result, None, None))
                 return
-            for rejected in getattr(result, "rejected", ()):
+            for rejected in result.rejected:
                 dead.append((record, DeadLetter(rejected.reason, rejected.message), rejected.index, rejected.raw))
             if not result.events:
                 return
@@ -285,11 +293,22 @@ class Fold(ChunkProcessor):
             if state is None:
                 state = touched[channel_id] = self._state(channel_id, partition)
             current[0] = partition
-            if apply_record(state, result.events, partition, record.offset, spec, effects, produced_ms, ids, orders):
-                close(state, watermark(state, spec), partition)
-                bounded = min(state.max_ts_ms, produced_ms + lead_ms)
-                if bounded > partition_clock.get(partition, -1):
-                    partition_clock[partition] = bounded
+            gaps_before = len(effects.gaps)
+            if not apply_record(
+                state, result.events, partition, record.offset, spec, effects, produced_ms, ids, orders
+            ):
+                return
+            # Everything a record decides is decided at its position in the partition, never per batch: windows
+            # its livestream's watermark passed, a silence it ends, and the checks of a partition clock it moves.
+            close(state, watermark(state, spec), partition)
+            for gap in effects.gaps[gaps_before:]:
+                changes.extend((c, partition) for c in evaluate_gap(state, gap, rules))
+            if state.alerts:
+                back = resolve_if_active(state, rules)
+                if back is not None:
+                    changes.append((back, partition))
+            if self._advance_clock(partition, channel_id, min(state.max_ts_ms, produced_ms + lead_ms)):
+                scan(partition, -1)
 
         cursors = self.cursors
         for chunk in chunks:
@@ -321,29 +340,6 @@ class Fold(ChunkProcessor):
         if forward:
             await self._forward(forward)
 
-        # A tick is processed after every record appended before it, so its timestamp is a point at which the
-        # partition had caught up: a livestream with no record produced in the idle timeout before it is idle.
-        idle_at: dict[str, int] = {}
-        for partition, tick_ms in ticks.items():
-            for channel_id, owned in list(live.channels.items()):
-                if owned.partition == partition and channel_id not in touched:
-                    touched[channel_id] = self._state(channel_id, partition)
-                    idle_at[channel_id] = tick_ms
-
-        changes.extend(self._scan_partitions(batch_partitions, ticks, touched))
-        for gap in effects.gaps:
-            state = touched[gap.channel_id]
-            changes.extend((c, state.partition) for c in evaluate_gap(state, gap, self.rules))
-        for channel_id, state in touched.items():
-            partition = state.partition
-            if channel_id in effects.touched:
-                back = resolve_if_active(state, self.rules)
-                if back is not None:
-                    changes.append((back, partition))
-            if channel_id in idle_at:
-                close(state, idle_watermark(state, spec, idle_at[channel_id]), partition)
-            elif state.ended_ms >= 0:
-                close(state, ended_watermark(state, spec, partition_clock.get(partition, -1)), partition)
         await self._emit(finals, now_ms)
         await self._emit_alerts(changes, now_ms)
         await self._send_copies(copies)
@@ -426,49 +422,99 @@ class Fold(ChunkProcessor):
             )
         await asyncio.gather(*pending)
 
-    def _scan_partitions(
-        self, partitions: set[int], ticks: dict[int, int], touched: dict[str, ChannelState]
-    ) -> list[tuple[AlertChange, int]]:
-        """``stream_down`` for livestreams of these partitions, touched or not (see
-        :func:`stream.alerts.evaluate_silence`), and ended livestreams whose last windows can close
-        (:func:`stream.state.ended_watermark`); those are added to ``touched``.
+    def _advance_clock(self, partition: int, channel_id: str, contribution: int) -> bool:
+        """Fold one livestream's clock contribution into its partition's clocks; True if a scan is due (a clock
+        moved by a second or more since the last scan).
 
-        The clock of a partition is the newest event time applied on it, each record's contribution bounded by its
-        own Kafka timestamp plus ``max_clock_lead_s`` (one livestream's clock running ahead cannot page another);
-        at an idle tick a livestream's own clock also runs on with the wall time since its last record (a tick is
-        processed after every record produced before it). A partition is scanned when its clock moved by a second
-        or more, and at every tick.
+        ``partition_clock`` is the newest contribution (ended livestreams, campaign progress). The *silence clock*
+        (:meth:`_silence_clock`) judges ``stream_down``; it keeps the two newest contributions of distinct
+        livestreams."""
+        clock = self.partition_clock.get(partition, -1)
+        if contribution > clock:
+            self.partition_clock[partition] = contribution
+        top = self.clock_top.setdefault(partition, [])
+        for i, (channel, _) in enumerate(top):
+            if channel == channel_id:
+                if contribution > top[i][1]:
+                    top[i] = (channel_id, contribution)
+                    top.sort(key=lambda item: -item[1])
+                break
+        else:
+            if len(top) < 2 or contribution > top[-1][1]:
+                top.append((channel_id, contribution))
+                top.sort(key=lambda item: -item[1])
+                del top[2:]
+        newest = max(self.partition_clock.get(partition, -1), self._silence_clock(partition))
+        return newest - self.scanned_at.get(partition, -(1 << 62)) >= 1000
+
+    def _silence_clock(self, partition: int) -> int:
+        """The clock ``stream_down`` is judged by: the newest livestream clock of the partition, unless it runs more
+        than ``max_clock_lead_s`` ahead of the second newest (then the second): one livestream's clock alone cannot
+        page the others. Each contribution is already bounded by its record's Kafka timestamp + the lead."""
+        top = self.clock_top.get(partition)
+        if not top:
+            return -1
+        if len(top) == 1 or top[0][1] - top[1][1] <= self.settings.max_clock_lead_s * 1000:
+            return top[0][1]
+        return top[1][1]
+
+    def _scan_partition(
+        self,
+        partition: int,
+        tick_ms: int,
+        touched: dict[str, ChannelState],
+        close: Callable[[ChannelState, int, int], None],
+    ) -> list[tuple[AlertChange, int]]:
+        """The partition-level checks, at one record's position: ended livestreams whose last windows can close
+        (:func:`stream.state.ended_watermark`), ``stream_down`` (:func:`stream.alerts.evaluate_silence`) and, at
+        an idle tick (``tick_ms`` >= 0), idle livestreams whose windows close (:func:`stream.state.idle_watermark`).
+        Livestreams whose state is needed are loaded into ``touched``.
+
+        At a tick a livestream's own clock also runs on with the wall time since its last record: the tick is
+        processed after every record produced before it.
         """
         rule = self.rules.stream_down
-        live, silence_ms, grace_ms = self.live, (rule.silence_s + rule.skew_s) * 1000, self.spec.grace_ms
+        spec, live = self.spec, self.live
+        silence_ms, grace_ms = (rule.silence_s + rule.skew_s) * 1000, spec.grace_ms
+        clock = self.partition_clock.get(partition, -1)
+        silence_clock = self._silence_clock(partition)
+        self.scanned_at[partition] = max(clock, silence_clock)
+        candidates: dict[str, ChannelView | ChannelState] = {
+            cid: state for cid, state in touched.items() if state.partition == partition
+        }
+        for channel_id, view in live.channels.items():
+            if view.partition == partition and channel_id not in candidates:
+                candidates[channel_id] = view
         changes: list[tuple[AlertChange, int]] = []
-        for partition in sorted(partitions):
-            clock = self.partition_clock.get(partition, -1)
-            tick_ms = ticks.get(partition, -1)
-            if tick_ms < 0 and clock - self.scanned_at.get(partition, -(1 << 62)) < 1000:
+
+        def state_of(channel_id: str) -> ChannelState:
+            found = touched.get(channel_id)
+            if found is None:
+                found = touched[channel_id] = self._state(channel_id, partition)
+            return found
+
+        for channel_id, item in candidates.items():
+            open_windows = len(item.windows) if isinstance(item, ChannelState) else item.open_windows
+            if tick_ms >= 0 and open_windows and tick_ms - item.last_wall_ms >= spec.idle_timeout_ms:
+                state = state_of(channel_id)
+                close(state, idle_watermark(state, spec, tick_ms), partition)
+                open_windows = len(state.windows)
+            if item.ended_ms >= 0:
+                if open_windows and clock >= item.ended_ms + grace_ms:
+                    state = state_of(channel_id)
+                    close(state, ended_watermark(state, spec, clock), partition)
                 continue
-            self.scanned_at[partition] = clock
-            candidates = {cid: ChannelView.of(state) for cid, state in touched.items() if state.partition == partition}
-            for channel_id, view in live.channels.items():
-                if view.partition == partition and channel_id not in candidates:
-                    candidates[channel_id] = view
-            for channel_id, view in candidates.items():
-                if view.ended_ms >= 0:
-                    if view.open_windows and clock >= view.ended_ms + grace_ms and channel_id not in touched:
-                        touched[channel_id] = self._state(channel_id, partition)
-                    continue
-                if not rule.enabled or "stream_down" in (view.alerts or ()) or view.concurrent < rule.min_viewers:
-                    continue
-                own_clock = clock
-                if tick_ms >= 0 and view.last_wall_ms >= 0:
-                    own_clock = max(own_clock, view.max_ts_ms + tick_ms - view.last_wall_ms)
-                if own_clock - view.max_ts_ms < silence_ms:
-                    continue
-                current = touched.get(channel_id) or self._state(channel_id, partition)
-                change = evaluate_silence(current, own_clock, self.rules)
-                if change is not None:
-                    touched[channel_id] = current
-                    changes.append((change, partition))
+            if not rule.enabled or "stream_down" in (item.alerts or ()) or item.concurrent < rule.min_viewers:
+                continue
+            own_clock = silence_clock
+            if tick_ms >= 0 and item.last_wall_ms >= 0:
+                own_clock = max(own_clock, item.max_ts_ms + tick_ms - item.last_wall_ms)
+            if own_clock - item.max_ts_ms < silence_ms:
+                continue
+            state = state_of(channel_id)
+            change = evaluate_silence(state, own_clock, self.rules)
+            if change is not None:
+                changes.append((change, partition))
         return changes
 
     async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> None:

@@ -57,8 +57,10 @@ def test_three_workers_one_killed_one_added_one_stopped(pipeline: Pipeline, batc
     result = replay.join()
     done = time.monotonic()
     assert_exact(pipeline, result.oracle, seed=31, scale=SCALE)
-    print(f"batch {batch}: join ready in {joined_s:.1f} s, SIGTERM stop {stopped_s:.1f} s, exact "
-          f"{time.monotonic() - done:.1f} s after the replay")
+    print(
+        f"batch {batch}: join ready in {joined_s:.1f} s, SIGTERM stop {stopped_s:.1f} s, exact "
+        f"{time.monotonic() - done:.1f} s after the replay"
+    )
     assert_committed_to_the_end(pipeline)
     assert_no_crash(pipeline)
 
