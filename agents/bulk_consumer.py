@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -194,25 +195,22 @@ class ChunkProcessor:
 class BulkConsumer(AIOKafkaFaustConsumer):
     """faust's aiokafka consumer, delivering the bulk topic's records to :attr:`bulk_sink` in chunks."""
 
-    bulk_sink: ChunkProcessor | None = None
+    bulk_sinks: dict[str, ChunkProcessor] = {}
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        sink = self.bulk_sink
-        if sink is not None:
-            partitions = {tp.partition for tp in revoked if tp.topic == sink.queue.topic}
+        for topic, sink in self.bulk_sinks.items():
+            partitions = {tp.partition for tp in revoked if tp.topic == topic}
             try:
                 await sink.on_revoke(partitions)
             except Exception:
-                log.exception("fencing revoked partitions %s failed", sorted(partitions))
+                log.exception("fencing revoked partitions %s of %s failed", sorted(partitions), topic)
         await super().on_partitions_revoked(revoked)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by integration tests
-        sink = self.bulk_sink
-        if sink is None:
+        sinks = self.bulk_sinks
+        if not sinks:
             await super()._drain_messages(fetcher)
             return
-        queue = sink.queue
-        bulk_topic = queue.topic
         callback = self.callback
         read_offset = self._read_offset
         consumer_should_stop = self._stopped.is_set
@@ -238,7 +236,9 @@ class BulkConsumer(AIOKafkaFaustConsumer):
                     if not fetched or (active is not None and tp not in active and tp not in self._buffered_partitions):
                         continue
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
-                    if tp.topic == bulk_topic:
+                    sink = sinks.get(tp.topic)
+                    if sink is not None:
+                        queue = sink.queue
                         queue.put(Chunk(tp.partition, generation, fetched))
                         read_offset[tp] = fetched[-1].offset
                         if not queue.has_room.is_set():
@@ -275,6 +275,37 @@ class BulkConsumer(AIOKafkaFaustConsumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
 
-def install(app: Any, sink: ChunkProcessor) -> None:
-    """Make ``app`` create a :class:`BulkConsumer` that hands ``sink.queue.topic`` to ``sink`` (call before start)."""
-    app.transport.Consumer = type("BulkConsumer", (BulkConsumer,), {"bulk_sink": sink})
+def install(app: Any, sink: ChunkProcessor, topic: Any) -> None:
+    """Make ``app`` create a :class:`BulkConsumer` that hands ``sink.queue.topic`` to ``sink`` (call before start;
+    several sinks, one per topic, may be installed)."""
+    consumer_class = app.transport.Consumer
+    if not (isinstance(consumer_class, type) and issubclass(consumer_class, BulkConsumer)):
+        consumer_class = app.transport.Consumer = type("BulkConsumer", (BulkConsumer,), {"bulk_sinks": {}})
+    consumer_class.bulk_sinks[sink.queue.topic] = sink
+    app.topics.add(topic)  # subscribed (and co-partitioned with the tables) without a faust stream
+
+
+def start_supervised(app: Any, processor: ChunkProcessor, live: Any, name: str) -> None:
+    """Run ``processor`` as an app task; on shutdown let its batch finish and commit. If the loop raises, the
+    worker is marked failed (``live.fold_failure``: not ready, not healthy) and stops, so its partitions move to a
+    healthy worker and processing resumes there from the committed offsets."""
+
+    async def supervised() -> None:
+        try:
+            await processor.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            log.exception("the %s processing loop failed; stopping the worker", name)
+            live.fold_failure = f"{name}: {exc!r}"
+            live.ready = False
+            asyncio.get_running_loop().call_later(30, os._exit, 70)  # if the graceful stop hangs
+            await app.crash(exc)
+
+    supervised.__name__ = supervised.__qualname__ = name.replace("-", "_")
+    app.task(supervised)
+
+    async def stop_processing(sender: Any, **_: Any) -> None:
+        await processor.stop()
+
+    app.on_before_shutdown.connect(stop_processing, weak=False)

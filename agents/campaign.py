@@ -15,11 +15,11 @@ from typing import Any
 
 import faust
 import msgspec
-from faust.types import EventT
 
+from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
 from agents.emitted import AlertIndex, EmittedIndex, campaign_window_identity
 from agents.fold import raw_bytes, raw_table
-from agents.table_context import PartitionedTable
+from agents.table_context import PartitionContext, PartitionedTable
 from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
 from schemas.stats import CampaignWindowStats
@@ -33,34 +33,52 @@ STATE_KEY = b"campaigns"
 _json = msgspec.json.Encoder()
 
 
-class CampaignAggregator:
+class CampaignAggregator(ChunkProcessor):
     def __init__(self, app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
+        super().__init__(
+            app,
+            settings.campaign_input_topic,
+            max_buffered=settings.max_buffered_records,
+            batch_max_records=settings.batch_max_records,
+            commit_interval_s=settings.commit_interval_s,
+        )
         self.settings = settings
         self.live = live
         self.rules = load_rules(settings.alert_rules)
         self.size_ms = settings.window_size_s * 1000
-        self.input_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
+        self.input_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes(), acks=False)
         self.stats_topic = app.topic(settings.campaign_stats_topic, partitions=1, schema=raw_bytes())
         self.alerts_topic = app.topic(settings.alerts_topic, partitions=settings.partitions, schema=raw_bytes())
         self.table = raw_table(app, "campaign-state", 1, "campaign aggregator state", settings)
         self.states = PartitionedTable(self.table)
+        self.context = PartitionContext(settings.campaign_input_topic, 0)
         self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.campaign_stats_topic], campaign_window_identity)
         self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
 
-    async def process_batch(self, batch: list[EventT]) -> None:
+    def forget(self, partitions: set[int]) -> None:
+        super().forget(partitions)
+        if 0 in partitions:
+            self.emitted.forget({0})
+            self.alert_index.forget({0})
+            self.live.campaign_alerts = {}
+            self.live.campaign_alerts_dirty = True
+            self.live.campaign_windows_ignored = 0
+
+    async def process_chunks(self, chunks: list[Chunk]) -> None:
         await self.emitted.load({0})
         await self.alert_index.load({0})
-        source = batch[-1]
-        stored = self.states.get(STATE_KEY, source)
+        stored = self.states.get(STATE_KEY, self.context)
         state = campaign.decode_state(stored) if stored is not None else campaign.CampaignState()
         windows: list[campaign.CampaignWindow] = []
         alerts = []
         topic = self.settings.campaign_input_topic
-        for event in batch:
-            message = event.message
+        for message in (record for chunk in chunks for record in chunk.records):
+            self.processed[0] = max(self.processed.get(0, -1), message.offset)
+            if message.offset <= state.last_offset:
+                continue  # fetched again after a seek back to the committed offset
             records = [message]
-            if message.offset > state.last_offset + 1:
-                # Records faust acknowledged without delivering them (around rebalances): read them from Kafka.
+            if message.offset > state.last_offset + 1 and state.last_offset >= 0:
+                # Records never delivered (a fetch dropped around a rebalance): read them from Kafka.
                 bootstrap = self.settings.kafka_bootstrap
                 missed = await read_range(bootstrap, topic, 0, state.last_offset + 1, message.offset)
                 if missed:
@@ -121,7 +139,7 @@ class CampaignAggregator:
             self.alert_index.mark(change.alert_id, change.status)
         if pending:
             await asyncio.gather(*pending)
-        self.states.set(STATE_KEY, campaign.encode(state), source)
+        self.states.set(STATE_KEY, campaign.encode(state), self.context)
         self.publish(state, now_ms)
         for change in alerts:
             if change.status == "firing":
@@ -145,20 +163,12 @@ class CampaignAggregator:
 
 def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> CampaignAggregator:
     aggregator = CampaignAggregator(app, settings, live)
+    install(app, aggregator, aggregator.input_topic)
+    start_supervised(app, aggregator, live, "campaign-windows")
 
-    @app.agent(aggregator.input_topic, name="campaign-windows")
-    async def campaign_windows(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(settings.batch_max_records, settings.batch_within_s)  # type: ignore[attr-defined]
-        async for batch in batches:
-            await aggregator.process_batch(batch)
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def forget_revoked(sender: Any, revoked: set[Any], **_: Any) -> None:
-        if any(tp.topic == settings.campaign_input_topic for tp in revoked):
-            aggregator.emitted.forget({0})
-            aggregator.alert_index.forget({0})
-            live.campaign_alerts = {}
-            live.campaign_alerts_dirty = True
-            live.campaign_windows_ignored = 0
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def own_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == settings.campaign_input_topic}
+        aggregator.on_assigned(partitions, app.consumer_generation_id)
 
     return aggregator

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,7 +35,7 @@ import msgspec
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from agents.bulk_consumer import Chunk, ChunkProcessor, install
+from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
 from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.startup import shorten_fetch_wait
@@ -630,27 +629,9 @@ class Fold(ChunkProcessor):
 
 def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
     fold = Fold(app, settings, live)
-    install(app, fold)
-    app.topics.add(fold.events_topic)  # subscribed (and co-partitioned with the tables) without a faust stream
+    install(app, fold, fold.events_topic)
 
-    @app.task
-    async def fold_events() -> None:
-        """The processing loop. If it raises, the worker is marked failed (not ready) and stops: its partitions
-        move to a healthy worker and processing resumes from the committed offsets."""
-        try:
-            await fold.run()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            log.exception("the events processing loop failed; stopping the worker")
-            live.fold_failure = repr(exc)
-            live.ready = False
-            asyncio.get_running_loop().call_later(30, os._exit, 70)  # if a graceful stop hangs
-            await app.crash(exc)
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def stop_processing(sender: Any, **_: Any) -> None:
-        await fold.stop()
+    start_supervised(app, fold, live, "fold-events")
 
     @app.timer(settings.idle_tick_s, name="idle-ticks")
     async def idle_ticks() -> None:

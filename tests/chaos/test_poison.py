@@ -7,7 +7,7 @@ import threading
 from stream.decode import DEAD_LETTER_REASONS
 from tests.chaos.test_failures import assert_exact
 from tests.support import Pipeline, parse_metrics, wait_until
-from tests.unit.test_decode import POISON
+from tests.unit.test_decode import POISON, REJECTS
 
 
 def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
@@ -18,9 +18,14 @@ def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
     pills = [(r, k, v.replace(b'"c1"', b'"ocop-live-03"') if v else v) for r, k, v in pills]
     assert len({reason for reason, _, _ in pills}) >= 10 and len(pills) >= 12
 
+    # An envelope whose every event is invalid: each event goes to the dead-letter topic on its own.
+    rejects = [(reason, raw.replace(b'"c1"', b'"ocop-live-03"')) for reason, raw in REJECTS]
+    envelope = b'{"type":"batch","channel_id":"ocop-live-03","events":[' + b",".join(r for _, r in rejects) + b"]}"
+
     def inject() -> None:
         for _ in range(2):
             pipeline.produce_raw([(key, value) for _, key, value in pills])
+            pipeline.produce_raw([(b"ocop-live-03", envelope)])
 
     poisoner = threading.Thread(target=inject)
     poisoner.start()
@@ -28,7 +33,7 @@ def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
     poisoner.join(60)
     assert_exact(pipeline, result.oracle, seed=4, scale=0.003)
 
-    expected = sorted([reason for reason, _, _ in pills] * 2)
+    expected = sorted([reason for reason, _, _ in pills] * 2 + [reason for reason, _ in rejects] * 2)
     wait_until(lambda: len(pipeline.read_topic(pipeline.settings().dlq_topic)) >= len(expected), 60, "dead letters")
     dead = pipeline.read_topic(pipeline.settings().dlq_topic)
     assert sorted(r.headers["error"].decode() for r in dead) == expected
@@ -36,8 +41,18 @@ def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
     for record in dead:
         source = events[(int(record.headers["source_partition"]), int(record.headers["source_offset"]))]
         assert record.headers["source_topic"] == pipeline.settings().events_topic.encode()
-        assert (source.key, source.value) == (record.key, record.value), "the dead letter is the original record"
         assert record.headers["error_message"]
+        if "source_event_index" in record.headers:  # one event of an envelope: its own JSON
+            index = int(record.headers["source_event_index"])
+            assert source.value == envelope
+            assert (record.key, record.value) == (source.key, rejects[index][1])
+            assert record.headers["error"].decode() == rejects[index][0]
+        elif "truncated_from" in record.headers:  # an oversized record: its first MiB and its size
+            assert source.value is not None and record.value is not None
+            assert int(record.headers["truncated_from"]) == len(source.value)
+            assert source.value.startswith(record.value) and len(record.value) == 1024 * 1024
+        else:
+            assert (source.key, source.value) == (record.key, record.value), "the dead letter is the original record"
     samples = parse_metrics(pipeline.metrics_text())
     for reason in DEAD_LETTER_REASONS:
         assert samples[f'livestream_dlq_records_total{{reason="{reason}"}}'] == expected.count(reason)
