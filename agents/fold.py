@@ -357,7 +357,7 @@ class Fold(ChunkProcessor):
             except Exception:  # no longer assigned in the client: the revocation fence follows
                 highwater = None
             if highwater is not None:
-                live.lag[partition] = max(0, highwater - cursor - 1)
+                live.lag[partition] = max(0, highwater - self.committed.get(partition, cursor + 1))
         for channel_id, bucket in ids.changed:
             row_key = id_row_key(channel_id, bucket)
             self.id_rows.set(
@@ -578,14 +578,19 @@ class Fold(ChunkProcessor):
         Every record of the events topic passes through here and the last processed offset per partition is kept
         in a table, so a jump means records were skipped (a seek past them, or a fetch dropped by the client):
         they are read straight from Kafka and folded first (records already applied are then skipped by their
-        livestream's offset). The batch loop calls this only when the offset is not the next one of a known cursor;
-        it also sets the cursor to ``offset - 1`` (or past it, if the stored cursor is already further).
+        livestream's offset). The batch loop calls this only when the offset is not the next one of the in-memory
+        cursor (records this process processed, which it skips); it sets that cursor to ``offset - 1``.
         """
         cursor = self.cursors.get(partition)
         if cursor is None:
+            # The stored cursor only tells whether records are missing. Records at or below it are *not* skipped
+            # here: after a crash the cursor row's changelog record can have been written while a state change of
+            # the same batch was lost; each livestream's own offset decides what was applied.
             stored = self.cursor_rows.get(CURSOR_KEY, self.contexts[partition])
             cursor = int(stored) if stored is not None else -1
-        self.cursors[partition] = max(cursor, offset - 1)
+            self.cursors[partition] = offset - 1
+        else:
+            self.cursors[partition] = max(cursor, offset - 1)
         if cursor < 0 or offset <= cursor + 1:
             return []
         topic = self.settings.events_topic
@@ -653,8 +658,10 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
                 continue
             if highwater is None:
                 continue
-            live.lag[partition] = lag = max(0, highwater - cursor - 1)
-            if lag == 0:
+            # Lag is the group's committed offset against the end (what a restart would have to redo); progress is
+            # measured against what was processed.
+            live.lag[partition] = max(0, highwater - fold.committed.get(partition, cursor + 1))
+            if highwater - cursor - 1 <= 0:
                 live.progress_at_s[partition] = now_s
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -134,8 +134,12 @@ def restart_worker(pipeline: Pipeline, sig: int) -> float:
     return time.monotonic() - started
 
 
+BATCHES = pytest.mark.parametrize("batch", [1, 100], ids=["single-events", "envelopes"])
+
+
 @pytest.mark.slow
-def test_kill_9_three_times_during_the_replay(pipeline: Pipeline) -> None:
+@BATCHES
+def test_kill_9_three_times_during_the_replay(pipeline: Pipeline, batch: int) -> None:
     restarts: list[float] = []
 
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
@@ -143,21 +147,23 @@ def test_kill_9_three_times_during_the_replay(pipeline: Pipeline) -> None:
             replay.at(fraction)
             restarts.append(restart_worker(pipe, signal.SIGKILL))
 
-    settle = run_scenario(pipeline, inject)
+    settle = run_scenario(pipeline, inject, batch=batch)
     print(f"kill -9 x3: restarts {[round(r, 1) for r in restarts]} s, exact {settle:.1f} s after the replay")
 
 
 @pytest.mark.slow
-def test_sigterm_mid_window(pipeline: Pipeline) -> None:
+@BATCHES
+def test_sigterm_mid_window(pipeline: Pipeline, batch: int) -> None:
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
         replay.at(0.5)
         restart_worker(pipe, signal.SIGTERM)
 
-    run_scenario(pipeline, inject, batch=25)
+    run_scenario(pipeline, inject, batch=batch)
 
 
 @pytest.mark.slow
-def test_state_directory_deleted_is_rebuilt_from_the_changelog(pipeline: Pipeline) -> None:
+@BATCHES
+def test_state_directory_deleted_is_rebuilt_from_the_changelog(pipeline: Pipeline, batch: int) -> None:
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
         replay.at(0.5)
         pipe.stop_worker(pipe.workers[-1], signal.SIGKILL)
@@ -165,26 +171,28 @@ def test_state_directory_deleted_is_rebuilt_from_the_changelog(pipeline: Pipelin
         shutil.rmtree(data_dir)
         pipe.start_worker(index=len(pipe.workers) - 1)  # same data dir, now empty
 
-    run_scenario(pipeline, inject)
+    run_scenario(pipeline, inject, batch=batch)
 
 
 @pytest.mark.slow
-def test_kafka_broker_restarted_mid_replay(pipeline: Pipeline) -> None:
+@BATCHES
+def test_kafka_broker_restarted_mid_replay(pipeline: Pipeline, batch: int) -> None:
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
         replay.at(0.4)
         subprocess.run([str(LOCAL / "kafka.sh"), "restart"], check=True, timeout=120)
 
-    run_scenario(pipeline, inject, batch=10)
+    run_scenario(pipeline, inject, batch=batch)
 
 
 @pytest.mark.slow
-def test_redis_down_for_20_seconds(pipeline: Pipeline) -> None:
+@BATCHES
+def test_redis_down_for_20_seconds(pipeline: Pipeline, batch: int) -> None:
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
         replay.at(0.3)
         subprocess.run([str(LOCAL / "redis.sh"), "stop"], check=True, timeout=60)
         time.sleep(20)
         subprocess.run([str(LOCAL / "redis.sh"), "start"], check=True, timeout=60)
 
-    run_scenario(pipeline, inject)
+    run_scenario(pipeline, inject, batch=batch)
     errors = [line for line in pipeline.metrics_text().splitlines() if line.startswith("livestream_redis_errors_total")]
     assert errors and float(errors[0].split()[-1]) > 0, "the outage must have been seen and counted"

@@ -75,3 +75,53 @@ def test_three_workers_starting_together_on_a_filled_topic(pipeline: Pipeline, b
     assert_exact(pipeline, result.oracle, seed=33, scale=SCALE)
     assert_committed_to_the_end(pipeline)
     assert_no_crash(pipeline)
+
+
+@pytest.mark.slow
+def test_two_producers_with_different_partitioners_two_workers(pipeline: Pipeline) -> None:
+    """Half the records placed by murmur2 (aiokafka, the Java client), half by another partitioner (crc32, as
+    librdkafka's ``consistent``): misplaced records are forwarded to their livestream's partition; every counter
+    is exact and the misplacement is counted."""
+    import asyncio
+    import zlib
+
+    import msgspec
+    from aiokafka import AIOKafkaProducer
+
+    from stream.replay.generator import FairReplay
+    from stream.replay.profile import OCOP_FAIR, scaled
+    from tests.chaos.test_failures import CAMPAIGN
+    from tests.support import parse_metrics
+
+    pipeline.extra_env.update(FAST_IDLE)
+    for index in range(2):
+        pipeline.start_worker(index=index)
+    replay = FairReplay(scaled(OCOP_FAIR, 0.003), 41)
+    events = list(replay.iter_events())
+    settings = pipeline.settings()
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            for i, event in enumerate(events):
+                key = event.channel_id.encode()
+                other = zlib.crc32(key) % settings.partitions if i % 2 else None
+                await producer.send(settings.events_topic, msgspec.json.encode(event), key=key, partition=other)
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    oracle = replay.oracle()
+    pipeline.wait_redis_summary(CAMPAIGN, oracle.summary(), timeout=180)
+    channels = pipeline.redis_channels(CAMPAIGN)
+    for channel_id, expected in oracle.channels.items():
+        assert channels[channel_id]["views"] == expected.views, channel_id
+        assert channels[channel_id]["gmv_vnd"] == expected.gmv_vnd, channel_id
+    misrouted = sum(
+        parse_metrics(pipeline.metrics_text(port)).get("livestream_misrouted_records_total", 0.0)
+        for port in pipeline.ports
+    )
+    assert misrouted > 0, "the crc32 placement must differ from murmur2 for some livestreams"
+    assert_committed_to_the_end(pipeline)
+    assert_no_crash(pipeline)
