@@ -17,7 +17,7 @@ import faust
 import msgspec
 
 from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
-from agents.emitted import AlertIndex, EmittedIndex, campaign_window_identity
+from agents.emitted import AlertIndex, CampaignEmitted
 from agents.fold import raw_bytes, raw_table
 from agents.table_context import PartitionContext, PartitionedTable
 from agents.topic_reader import read_range
@@ -52,20 +52,20 @@ class CampaignAggregator(ChunkProcessor):
         self.table = raw_table(app, "campaign-state", 1, "campaign aggregator state", settings)
         self.states = PartitionedTable(self.table)
         self.context = PartitionContext(settings.campaign_input_topic, 0)
-        self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.campaign_stats_topic], campaign_window_identity)
+        self.emitted = CampaignEmitted(settings.kafka_bootstrap, settings.campaign_stats_topic)
         self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
 
     def forget(self, partitions: set[int]) -> None:
         super().forget(partitions)
         if 0 in partitions:
-            self.emitted.forget({0})
+            self.emitted.forget()
             self.alert_index.forget({0})
             self.live.campaign_alerts = {}
             self.live.campaign_alerts_dirty = True
             self.live.campaign_windows_ignored = 0
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
-        await self.emitted.load({0})
+        await self.emitted.load()
         await self.alert_index.load({0})
         stored = self.states.get(STATE_KEY, self.context)
         state = campaign.decode_state(stored) if stored is not None else campaign.CampaignState()
@@ -100,7 +100,7 @@ class CampaignAggregator(ChunkProcessor):
         now_ms = int(time.time() * 1000)
         pending = []
         for window in windows:
-            if self.emitted.already_emitted(window.campaign, window.size_ms, window.start_ms):
+            if self.emitted.already_emitted(window.campaign, window.start_ms, window.revision):
                 self.live.duplicate_windows_suppressed += 1
                 continue
             record_value = msgspec.convert(
@@ -111,6 +111,7 @@ class CampaignAggregator(ChunkProcessor):
                     "window_end_ms": window.start_ms + window.size_ms,
                     "livestreams": window.livestreams,
                     "gmv_to_date_vnd": window.gmv_to_date_vnd,
+                    "revision": window.revision,
                     "emitted_at_ms": now_ms,
                 },
                 CampaignWindowStats,
@@ -123,7 +124,7 @@ class CampaignAggregator(ChunkProcessor):
                     force=True,
                 )
             )
-            self.emitted.mark(window.campaign, window.size_ms, window.start_ms)
+            self.emitted.mark(window.campaign, window.start_ms, window.revision)
         for change in alerts:
             if self.alert_index.already_emitted(change.alert_id, change.status):
                 continue
@@ -145,6 +146,7 @@ class CampaignAggregator(ChunkProcessor):
             if change.status == "firing":
                 self.live.alerts_fired[change.rule] += 1
         self.live.campaign_windows_ignored = state.ignored_windows
+        self.live.campaign_corrections = state.corrections
         self.live.pending_campaign.extend((w.campaign, w.start_ms, w.counters, w.livestreams) for w in windows)
         if windows or alerts:
             self.live.changed.set()

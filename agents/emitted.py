@@ -29,10 +29,36 @@ def window_identity(value: bytes) -> tuple[str, int, int]:
     return window.channel_id, window.window_end_ms - window.window_start_ms, window.window_start_ms
 
 
-def campaign_window_identity(value: bytes) -> tuple[str, int, int]:
-    """(campaign, size, start) of a ``CampaignWindowStats`` record value."""
-    window = msgspec.json.decode(value, type=CampaignWindowStats)
-    return window.campaign, window.window_end_ms - window.window_start_ms, window.window_start_ms
+class CampaignEmitted:
+    """Campaign window records already on the campaign stats topic, as (campaign, start, revision), read back.
+
+    A campaign minute can be emitted again as a correction (a higher revision), and a minute can be emitted after
+    later ones, so this keeps every record's identity (a fair has a few hundred)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.seen: set[tuple[str, int, int]] = set()
+        self.loaded = False
+
+    def already_emitted(self, campaign: str, start_ms: int, revision: int) -> bool:
+        return (campaign, start_ms, revision) in self.seen
+
+    def mark(self, campaign: str, start_ms: int, revision: int) -> None:
+        self.seen.add((campaign, start_ms, revision))
+
+    def forget(self) -> None:
+        self.loaded = False
+        self.seen.clear()
+
+    async def load(self) -> None:
+        if self.loaded:
+            return
+        for record in await read_to_end(self.bootstrap, self.topic, {0}):
+            if record.value is not None:
+                window = msgspec.json.decode(record.value, type=CampaignWindowStats)
+                self.mark(window.campaign, window.window_start_ms, window.revision)
+        self.loaded = True
 
 
 class EmittedIndex:

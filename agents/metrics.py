@@ -158,8 +158,13 @@ class SnapshotCollector(Collector):
         )
         yield CounterMetricFamily(
             "livestream_campaign_windows_ignored",
-            "Livestream windows the campaign aggregator ignored: repeats after a crash, or too late for their minute",
+            "Livestream windows the campaign aggregator ignored: repeats after a crash, or too old to correct",
             value=live.campaign_windows_ignored,
+        )
+        yield CounterMetricFamily(
+            "livestream_campaign_corrections",
+            "Campaign minutes emitted again (higher revision) with a livestream window that arrived late",
+            value=live.campaign_corrections,
         )
         dlq = CounterMetricFamily("livestream_dlq_records", "Records sent to the dead-letter topic", labels=["reason"])
         for reason in DEAD_LETTER_REASONS:

@@ -79,6 +79,10 @@ class CampaignWindowStats(msgspec.Struct, frozen=True, kw_only=True):
     items_sold: int
     gmv_vnd: int
     gmv_to_date_vnd: int
-    """The campaign's GMV over every final campaign window up to and including this one."""
+    """The campaign's GMV over every campaign window record emitted so far, corrections included, up to and
+    including this one (a running sum in emission order)."""
     emitted_at_ms: int
     final: bool = True
+    revision: int = 0
+    """0 for the first record of the minute; n for its n-th correction: a livestream window that arrived after
+    the minute was emitted was added (same key, so the compacted topic keeps the corrected record)."""

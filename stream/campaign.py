@@ -19,9 +19,11 @@ open windows (``idle``, as of the tick's wall-clock time ``as_of_wall_ms``). Suc
 before them, so the idle partition had then read everything produced alongside the data of ``S``. A fresh worker
 that sat idle before a burst therefore emits exactly what it emits without the pause.
 
-A copy for a window of a campaign that was already emitted at or after its start (a livestream that appeared
-with events older than the fair's progress, or a copy sent again after a crash) changes nothing and is counted in
-``ignored_windows``.
+A copy for a minute that was already emitted (a livestream whose events lag its partition by more than a window
+and grace) is a *correction*: it is added to the minute, which is emitted again with ``revision`` + 1 and the GMV
+to date moved by its GMV, if the minute is among the last ``CORRECTION_HORIZON`` emitted minutes of its campaign;
+older, or a copy sent again after a crash (its livestream is already in the minute), it changes nothing and is
+counted in ``ignored_windows``.
 
 The state carries the input offset it reflects and is saved after the outputs are acknowledged, so a restart
 neither loses nor double counts a copy; windows re-emitted after a crash are filtered by the caller.
@@ -66,6 +68,16 @@ class PendingWindow(msgspec.Struct):
     channels: list[str] = msgspec.field(default_factory=list)
 
 
+CORRECTION_HORIZON: Final = 120
+"""Emitted minutes per campaign kept for corrections (two hours of a fair)."""
+
+
+class EmittedWindow(msgspec.Struct):
+    counters: Counters
+    channels: list[str]
+    revision: int = 0
+
+
 class CampaignState(msgspec.Struct):
     """Everything the campaign aggregator knows (one value: the input topic has one partition)."""
 
@@ -79,10 +91,14 @@ class CampaignState(msgspec.Struct):
     pending: dict[str, dict[int, PendingWindow]] = msgspec.field(default_factory=dict)
     emitted_through: dict[str, int] = msgspec.field(default_factory=dict)
     """Newest emitted window start per campaign."""
+    emitted: dict[str, dict[int, EmittedWindow]] = msgspec.field(default_factory=dict)
+    """The last ``CORRECTION_HORIZON`` emitted minutes per campaign, for corrections."""
     gmv_to_date: dict[str, int] = msgspec.field(default_factory=dict)
     alerts: dict[str, dict[str, ActiveAlert]] = msgspec.field(default_factory=dict)
     """Active campaign alerts per campaign, by rule."""
     ignored_windows: int = 0
+    corrections: int = 0
+    """Corrected campaign minutes emitted (see the module docstring)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +111,7 @@ class CampaignWindow:
     counters: Counters
     livestreams: int
     gmv_to_date_vnd: int
+    revision: int = 0
 
 
 @dataclass
@@ -118,8 +135,7 @@ def apply_input(
     if isinstance(record, ChannelWindowCopy):
         campaign = record.campaign
         if record.start_ms <= state.emitted_through.get(campaign, -1):
-            state.ignored_windows += 1
-            return CampaignOutput([], [])
+            return CampaignOutput(_correct(state, record, size_ms), [])
         window = state.pending.setdefault(campaign, {}).setdefault(record.start_ms, PendingWindow())
         if record.channel_id in window.channels:
             state.ignored_windows += 1
@@ -187,12 +203,39 @@ def release(state: CampaignState, partitions: int, size_ms: int, rules: AlertRul
             after = before + window.counters.gmv_vnd
             state.gmv_to_date[campaign] = after
             state.emitted_through[campaign] = start
+            kept = state.emitted.setdefault(campaign, {})
+            kept[start] = EmittedWindow(window.counters, window.channels)
+            for old in sorted(kept)[:-CORRECTION_HORIZON]:
+                del kept[old]
             out.windows.append(CampaignWindow(campaign, start, size_ms, window.counters, len(window.channels), after))
             if rules.gmv_milestone.enabled:
                 out.alerts.extend(_milestones(state, campaign, start, size_ms, before, after, milestones, rules))
         if not pending:
             del state.pending[campaign]
     return out
+
+
+def _correct(state: CampaignState, copy: ChannelWindowCopy, size_ms: int) -> list[CampaignWindow]:
+    """A copy for an emitted minute: the corrected minute (revision + 1), or nothing (a repeat, or too old)."""
+    kept = state.emitted.get(copy.campaign, {})
+    window = kept.get(copy.start_ms)
+    if window is None and kept and copy.start_ms > min(kept):
+        # A minute that had no livestream window when the minutes around it were emitted: emitted now.
+        window = kept[copy.start_ms] = EmittedWindow(Counters(), [], revision=-1)
+    if window is None or copy.channel_id in window.channels:
+        state.ignored_windows += 1
+        return []
+    window.channels.append(copy.channel_id)
+    window.counters.merge(copy.counters)
+    window.revision += 1
+    after = state.gmv_to_date.get(copy.campaign, 0) + copy.counters.gmv_vnd
+    state.gmv_to_date[copy.campaign] = after
+    state.corrections += 1
+    return [
+        CampaignWindow(
+            copy.campaign, copy.start_ms, size_ms, window.counters, len(window.channels), after, window.revision
+        )
+    ]
 
 
 def _milestones(

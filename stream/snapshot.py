@@ -99,6 +99,8 @@ class LiveSnapshot:
     alerts_fired: Counter[str] = field(default_factory=Counter)
     """Firing alert records published by this worker, by rule."""
     campaign_windows_ignored: int = 0
+    campaign_corrections: int = 0
+    """Campaign minutes emitted again with a late livestream window added (a higher ``revision``)."""
     """Livestream window copies the campaign aggregator ignored (repeats, or too late for their campaign minute)."""
 
     changed: asyncio.Event = field(default_factory=asyncio.Event)

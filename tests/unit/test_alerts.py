@@ -207,7 +207,12 @@ def test_campaign_window_waits_for_every_partition_and_counts_each_livestream_on
     feed(campaign.ChannelWindowCopy("b", "fair", BASE, counters(5)))
     out = feed(campaign.PartitionProgress(1, campaign.SETTLED_ALL))
     assert out and [(w.start_ms, w.counters.gmv_vnd, w.livestreams) for w in out.windows] == [(BASE, 15, 2)]
-    out = feed(campaign.ChannelWindowCopy("c", "fair", BASE, counters(7)))  # too late for that window
+    out = feed(campaign.ChannelWindowCopy("c", "fair", BASE, counters(7)))  # late for that minute: a correction
+    assert out and [
+        (w.start_ms, w.counters.gmv_vnd, w.livestreams, w.revision, w.gmv_to_date_vnd) for w in out.windows
+    ] == [(BASE, 22, 3, 1, 22)]
+    assert state.ignored_windows == 1 and state.corrections == 1
+    out = feed(campaign.ChannelWindowCopy("c", "fair", BASE, counters(7)))  # the same copy again: ignored
     assert out and out.windows == [] and state.ignored_windows == 2
     assert campaign.apply_input(state, campaign.PartitionProgress(0, BASE), offset, 2, MINUTE, rules) is False
     back = campaign.decode_state(campaign.encode(state))
