@@ -53,6 +53,7 @@ from stream.alerts import (
     resolve_if_active,
     stream_down_gap_ms,
 )
+from stream.clock import PartitionClocks
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
@@ -185,12 +186,8 @@ class Fold(ChunkProcessor):
         self.alerts_topic = app.topic(settings.alerts_topic, partitions=parts, schema=raw_bytes())
         self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
         self.campaign_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
-        self.partition_clock: dict[int, int] = {}
-        """Event-time clock per owned events partition (stream-down and ended livestreams): the newest event time
-        applied there, each record's contribution bounded by its Kafka timestamp + ``max_clock_lead_s``."""
-        self.clock_top: dict[int, list[tuple[str, int]]] = {}
-        """Per partition: the two newest livestream clock contributions, (livestream, contribution)."""
-        self.scanned_at: dict[int, int] = {}
+        self.clocks = PartitionClocks(settings.max_clock_lead_s * 1000)
+        """Event-time clocks of owned events partitions (:mod:`stream.clock`)."""
         self.progress_sent: dict[int, tuple[int, bool]] = {}
         self.partition_wall: dict[int, int] = {}
         """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
@@ -201,9 +198,7 @@ class Fold(ChunkProcessor):
         super().forget(partitions)
         self.live.drop_partitions(partitions)
         for partition in partitions:
-            self.partition_clock.pop(partition, None)
-            self.scanned_at.pop(partition, None)
-            self.clock_top.pop(partition, None)
+            self.clocks.forget(partition)
             self.progress_sent.pop(partition, None)
             self.partition_wall.pop(partition, None)
         self.emitted.forget(partitions)
@@ -249,6 +244,7 @@ class Fold(ChunkProcessor):
         copies: list[campaign.ChannelWindowCopy] = []
         partition_wall = self.partition_wall
         rules = self.rules
+        clocks = self.clocks
         lead_ms = settings.max_clock_lead_s * 1000
         home = self.home_partition
         records_seen = 0
@@ -306,7 +302,7 @@ class Fold(ChunkProcessor):
                 back = resolve_if_active(state, rules)
                 if back is not None:
                     changes.append((back, partition))
-            if self._advance_clock(partition, channel_id, min(state.max_ts_ms, produced_ms + lead_ms)):
+            if clocks.advance(partition, channel_id, min(state.max_ts_ms, produced_ms + lead_ms)):
                 scan(partition, -1)
 
         cursors = self.cursors
@@ -421,42 +417,6 @@ class Fold(ChunkProcessor):
             )
         await asyncio.gather(*pending)
 
-    def _advance_clock(self, partition: int, channel_id: str, contribution: int) -> bool:
-        """Fold one livestream's clock contribution into its partition's clocks; True if a scan is due (a clock
-        moved by a second or more since the last scan).
-
-        ``partition_clock`` is the newest contribution (ended livestreams, campaign progress). The *silence clock*
-        (:meth:`_silence_clock`) judges ``stream_down``; it keeps the two newest contributions of distinct
-        livestreams."""
-        clock = self.partition_clock.get(partition, -1)
-        if contribution > clock:
-            self.partition_clock[partition] = contribution
-        top = self.clock_top.setdefault(partition, [])
-        for i, (channel, _) in enumerate(top):
-            if channel == channel_id:
-                if contribution > top[i][1]:
-                    top[i] = (channel_id, contribution)
-                    top.sort(key=lambda item: -item[1])
-                break
-        else:
-            if len(top) < 2 or contribution > top[-1][1]:
-                top.append((channel_id, contribution))
-                top.sort(key=lambda item: -item[1])
-                del top[2:]
-        newest = max(self.partition_clock.get(partition, -1), self._silence_clock(partition))
-        return newest - self.scanned_at.get(partition, -(1 << 62)) >= 1000
-
-    def _silence_clock(self, partition: int) -> int:
-        """The clock ``stream_down`` is judged by: the newest livestream clock of the partition, unless it runs more
-        than ``max_clock_lead_s`` ahead of the second newest (then the second): one livestream's clock alone cannot
-        page the others. Each contribution is already bounded by its record's Kafka timestamp + the lead."""
-        top = self.clock_top.get(partition)
-        if not top:
-            return -1
-        if len(top) == 1 or top[0][1] - top[1][1] <= self.settings.max_clock_lead_s * 1000:
-            return top[0][1]
-        return top[1][1]
-
     def _scan_partition(
         self,
         partition: int,
@@ -475,9 +435,9 @@ class Fold(ChunkProcessor):
         rule = self.rules.stream_down
         spec, live = self.spec, self.live
         silence_ms, grace_ms = (rule.silence_s + rule.skew_s) * 1000, spec.grace_ms
-        clock = self.partition_clock.get(partition, -1)
-        silence_clock = self._silence_clock(partition)
-        self.scanned_at[partition] = max(clock, silence_clock)
+        clock = self.clocks.clock(partition)
+        silence_clock = self.clocks.silence_clock(partition)
+        self.clocks.scanned(partition)
         candidates: dict[str, ChannelView | ChannelState] = {
             cid: state for cid, state in touched.items() if state.partition == partition
         }
@@ -557,7 +517,7 @@ class Fold(ChunkProcessor):
             # Idle = no record for the idle timeout since the newest record, or since this worker got the partition.
             last_record = self.partition_wall.setdefault(partition, int(time.time() * 1000))
             idle = tick_ms is not None and tick_ms - last_record >= spec.idle_timeout_ms
-            clock = self.partition_clock.get(partition, -1)
+            clock = self.clocks.clock(partition)
             mark = clock - spec.lateness_ms if clock >= 0 else -1
             bounds = self.live.open_bounds.get(partition, {})
             settled = campaign.settled_through(bounds, mark, spec.size_ms, spec.grace_ms, idle)

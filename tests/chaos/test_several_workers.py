@@ -112,7 +112,7 @@ def test_two_producers_with_different_partitioners_two_workers(pipeline: Pipelin
             await producer.stop()
 
     asyncio.run(produce())
-    oracle = replay.oracle()
+    oracle = replay.oracle
     pipeline.wait_redis_summary(CAMPAIGN, oracle.summary(), timeout=180)
     channels = pipeline.redis_channels(CAMPAIGN)
     for channel_id, expected in oracle.channels.items():

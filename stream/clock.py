@@ -1,0 +1,69 @@
+"""Event-time clocks of events partitions: what the partition-level checks (ended livestreams, ``stream_down``,
+campaign progress) judge by.
+
+Each applied record contributes its livestream's newest event time, bounded by the record's Kafka timestamp plus
+``max_clock_lead_s`` (the caller bounds it). Per partition:
+
+- the *partition clock* is the newest contribution;
+- the *silence clock* (``stream_down``) is the newest contribution of any livestream, unless it runs more than the
+  lead ahead of the second newest livestream's, which is then used: one livestream's clock alone cannot page the
+  others of its partition (with only two livestreams live, a silence is seen at the idle ticks by wall time).
+
+A partition's checks are due when its clock moved by a second or more since they last ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+_NEVER = -(1 << 62)
+
+
+@dataclass
+class PartitionClocks:
+    lead_ms: int
+    newest: dict[int, int] = field(default_factory=dict)
+    """Partition clock per partition."""
+    top: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
+    """Per partition: the two newest contributions of distinct livestreams, newest first."""
+    scanned_at: dict[int, int] = field(default_factory=dict)
+
+    def advance(self, partition: int, channel_id: str, contribution: int) -> bool:
+        """Fold one contribution in; True if the partition's checks are due."""
+        clock = self.newest.get(partition, -1)
+        if contribution > clock:
+            self.newest[partition] = clock = contribution
+        top = self.top.get(partition)
+        if top is None:
+            self.top[partition] = [(channel_id, contribution)]
+        elif top[0][0] == channel_id:
+            if contribution > top[0][1]:
+                top[0] = (channel_id, contribution)
+        elif len(top) == 1:
+            top.append((channel_id, contribution))
+            if contribution > top[0][1]:
+                top.reverse()
+        elif contribution > top[1][1]:  # the second entry is this livestream's (lower) value or another's
+            top[1] = (channel_id, contribution)
+            if contribution > top[0][1]:
+                top.reverse()
+        return clock - self.scanned_at.get(partition, _NEVER) >= 1000
+
+    def clock(self, partition: int) -> int:
+        return self.newest.get(partition, -1)
+
+    def silence_clock(self, partition: int) -> int:
+        top = self.top.get(partition)
+        if not top:
+            return -1
+        if len(top) == 1 or top[0][1] - top[1][1] <= self.lead_ms:
+            return top[0][1]
+        return top[1][1]
+
+    def scanned(self, partition: int) -> None:
+        self.scanned_at[partition] = self.newest.get(partition, -1)
+
+    def forget(self, partition: int) -> None:
+        self.newest.pop(partition, None)
+        self.top.pop(partition, None)
+        self.scanned_at.pop(partition, None)
