@@ -83,9 +83,7 @@ def test_scaled_fair_is_exact_everywhere(pipeline: Pipeline, scale: float, batch
 def test_garbage_goes_to_dead_letters_and_the_worker_keeps_counting(pipeline: Pipeline) -> None:
     pipeline.start_worker()
     first = pipeline.replay(scale=0.002, seed=5, batch=20)
-    pipeline.produce_raw(
-        [(b"ocop-live-01", b"garbage{"), (b"ocop-live-02", None), (b"ocop-live-03", b'{"type":"x"}')]
-    )
+    pipeline.produce_raw([(b"ocop-live-01", b"garbage{"), (b"ocop-live-02", None), (b"ocop-live-03", b'{"type":"x"}')])
     # Good events after the garbage are still counted.
     start = first.oracle.channels["ocop-live-01"].last_ts_ms
     after = [
