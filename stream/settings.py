@@ -32,7 +32,9 @@ class Settings(BaseSettings):
 
     # Processing.
     batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
-    batch_within_s: float = Field(0.05, gt=0, description="longest wait to fill a processing batch")
+    batch_within_s: float = Field(
+        0.05, gt=0, description="longest wait to fill a faust take_events batch (the pass-through benchmark)"
+    )
     max_buffered_records: int = Field(
         50_000, ge=1, description="fetched events records waiting for processing before fetching pauses"
     )
