@@ -121,6 +121,7 @@ class ChunkProcessor:
         """Last offset processed per owned partition."""
         self.committed: dict[int, int] = {}
         """Offset committed per owned partition (the next one to read)."""
+        self._committer: asyncio.Future[None] | None = None
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
         raise NotImplementedError
@@ -150,22 +151,42 @@ class ChunkProcessor:
         if dropped:
             log.info("revoked %s: %d queued records left for the next owner", sorted(partitions), dropped)
 
-    async def commit(self, partitions: set[int] | None = None) -> None:
-        """Commit ``processed + 1`` of owned partitions after flushing the producer (changelog included)."""
+    def _committable(self, partitions: set[int] | None = None) -> dict[TP, int]:
+        """``processed + 1`` of owned partitions not committed yet. Call only between batches: only then does
+        every processed record's state sit in the producer (written at the end of its batch)."""
         topic = self.queue.topic
-        offsets = {
+        return {
             TP(topic, partition): offset + 1
             for partition, offset in self.processed.items()
             if (partitions is None or partition in partitions) and offset + 1 > self.committed.get(partition, -1)
         }
+
+    async def _commit(self, offsets: dict[TP, int]) -> None:
+        """Flush the producer (changelog included), then commit ``offsets``."""
         if not offsets:
             return
         await self.app.producer.flush()
         if await self.app.consumer._commit(offsets):
             for tp, offset in offsets.items():
-                self.committed[tp.partition] = offset
+                if offset > self.committed.get(tp.partition, -1) and tp.partition in self.processed:
+                    self.committed[tp.partition] = offset
+
+    async def commit(self, partitions: set[int] | None = None) -> None:
+        """Commit what was processed (between batches), after any commit still running."""
+        await self._wait_committer()
+        await self._commit(self._committable(partitions))
+
+    async def _wait_committer(self) -> None:
+        task, self._committer = self._committer, None
+        if task is not None:
+            try:
+                await task
+            except Exception as exc:
+                log.warning("commit failed: %r", exc)
 
     async def run(self) -> None:
+        """The processing loop. Commits run in the background (a flush can take a while under load) with the
+        offsets captured between two batches, so processing never waits for them."""
         queue = self.queue
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
@@ -178,9 +199,11 @@ class ChunkProcessor:
                 valid = [c for c in chunks if owned.get(c.partition) == c.generation]
                 if valid:
                     await self.process_chunks(valid)
-                if loop.time() - last_commit >= self.commit_interval_s:
+                due = loop.time() - last_commit >= self.commit_interval_s
+                if due and (self._committer is None or self._committer.done()):
                     last_commit = loop.time()
-                    await self.commit()
+                    await self._wait_committer()  # done: only collects its outcome
+                    self._committer = asyncio.ensure_future(self._commit(self._committable()))
 
     async def stop(self) -> None:
         """On shutdown: wait for the batch in progress, commit what was processed, take nothing more."""

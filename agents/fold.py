@@ -60,6 +60,7 @@ from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
 from stream.state import (
     ChannelState,
     FoldEffects,
+    IdBucket,
     IdRow,
     IdRows,
     OrderBook,
@@ -81,13 +82,16 @@ FORWARDED_HEADER = "livestream-forwarded-from"
 CURSOR_KEY = b"\x00cursor"
 """Key of a partition's cursor row in the event-ids table (id rows are ``channel|bucket``)."""
 _stats_encoder = msgspec.json.Encoder()
+ID_CACHE_BUCKETS = 20_000
+"""Dedup minutes kept in memory across batches (cleared when exceeded; a few hundred bytes to a few MB each)."""
 _id_encoder = msgspec.msgpack.Encoder()
 _id_decoder = msgspec.msgpack.Decoder(dict[str, int])
 
 
-def id_row_key(channel_id: str, bucket: int) -> bytes:
-    """Key of a livestream's dedup row for one event-time minute (the bucket, an integer, never contains ``|``)."""
-    return f"{channel_id}|{bucket}".encode()
+def id_row_key(channel_id: str, bucket: int, part: int) -> bytes:
+    """Key of one part of a livestream's dedup row for one event-time minute. Bucket and part are integers and
+    come first, so the key is unambiguous for any livestream id (and never the partition's cursor key)."""
+    return f"{bucket}|{part}|{channel_id}".encode()
 
 
 def order_row_key(channel_id: str, order_id: str) -> bytes:
@@ -193,10 +197,13 @@ class Fold(ChunkProcessor):
         """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
         self.key_partitions: dict[bytes, int] = {}
         """Partition each record key maps to (murmur2), cached."""
+        self.id_cache: dict[tuple[str, int], IdBucket] = {}
+        """Dedup minutes read from the table, kept across batches while the partitions stay owned."""
 
     def forget(self, partitions: set[int]) -> None:
         super().forget(partitions)
         self.live.drop_partitions(partitions)
+        self.id_cache.clear()
         for partition in partitions:
             self.clocks.forget(partition)
             self.progress_sent.pop(partition, None)
@@ -217,7 +224,9 @@ class Fold(ChunkProcessor):
         settings, live, spec = self.settings, self.live, self.spec
         batch_partitions = {chunk.partition for chunk in chunks}
         if not batch_partitions <= self.emitted.loaded or not batch_partitions <= self.alert_index.loaded:
-            await asyncio.gather(self.emitted.load(batch_partitions), self.alert_index.load(batch_partitions))
+            # Read back every owned partition at once (records of the others are usually next).
+            owned = set(self.owned) | batch_partitions
+            await asyncio.gather(self.emitted.load(owned), self.alert_index.load(owned))
         now_ms = int(time.time() * 1000)
         bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
         effects = FoldEffects(gap_ms=stream_down_gap_ms(self.rules))
@@ -226,11 +235,13 @@ class Fold(ChunkProcessor):
         contexts = self.contexts
         current = [0]  # the partition of the record being folded: the id rows' partition
 
-        def load_ids(channel_id: str, bucket: int) -> IdRow:
-            stored = self.id_rows.get(id_row_key(channel_id, bucket), contexts[current[0]])
+        def load_ids(channel_id: str, bucket: int, part: int) -> IdRow:
+            stored = self.id_rows.get(id_row_key(channel_id, bucket, part), contexts[current[0]])
             return _id_decoder.decode(stored) if stored is not None else {}
 
-        ids = IdRows(load_ids)
+        if len(self.id_cache) > ID_CACHE_BUCKETS:
+            self.id_cache.clear()
+        ids = IdRows(load_ids, self.id_cache)
 
         def load_order(channel_id: str, order_id: str) -> OrderRow:
             stored = self.order_rows.get(order_row_key(channel_id, order_id), contexts[current[0]])
@@ -335,9 +346,13 @@ class Fold(ChunkProcessor):
         if forward:
             await self._forward(forward)
 
-        await self._emit(finals, now_ms)
-        await self._emit_alerts(changes, now_ms)
-        await self._send_copies(copies)
+        # Final windows, alert transitions and campaign copies: sent together, then wait until Kafka has them all
+        # (before the state that marks them done is saved).
+        pending = await self._emit(finals, now_ms)
+        pending += await self._emit_alerts(changes, now_ms)
+        pending += await self._send_copies(copies)
+        if pending:
+            await asyncio.gather(*pending)
 
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
@@ -354,10 +369,11 @@ class Fold(ChunkProcessor):
                 highwater = None
             if highwater is not None:
                 live.lag[partition] = max(0, highwater - self.committed.get(partition, cursor + 1))
-        for channel_id, bucket in ids.changed:
-            row_key = id_row_key(channel_id, bucket)
+        for channel_id, bucket, part in ids.changed:
             self.id_rows.set(
-                row_key, _id_encoder.encode(ids.rows[(channel_id, bucket)]), contexts[touched[channel_id].partition]
+                id_row_key(channel_id, bucket, part),
+                _id_encoder.encode(ids.rows[(channel_id, bucket, part)]),
+                contexts[touched[channel_id].partition],
             )
         for channel_id, order_id in orders.changed:
             self.order_rows.set(
@@ -365,8 +381,8 @@ class Fold(ChunkProcessor):
                 _id_encoder.encode(orders.rows[(channel_id, order_id)]),
                 contexts[touched[channel_id].partition],
             )
-        for channel_id, bucket in ids.dropped:
-            self.id_rows.delete(id_row_key(channel_id, bucket), contexts[touched[channel_id].partition])
+        for channel_id, bucket, part in ids.dropped:
+            self.id_rows.delete(id_row_key(channel_id, bucket, part), contexts[touched[channel_id].partition])
         closed_channels = {closed.channel_id for closed, _ in finals} | {c.channel_id for c, _ in changes}
         for channel_id, state in touched.items():
             if channel_id in effects.touched or channel_id in closed_channels or channel_id not in live.channels:
@@ -476,8 +492,8 @@ class Fold(ChunkProcessor):
                 changes.append((change, partition))
         return changes
 
-    async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> None:
-        """Publish alert transitions not published before, and wait until Kafka has them."""
+    async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> list[Any]:
+        """Publish alert transitions not published before; returns the pending sends."""
         pending = []
         for change, partition in changes:
             if self.alert_index.already_emitted(change.alert_id, change.status):
@@ -490,17 +506,16 @@ class Fold(ChunkProcessor):
                 )
             )
             self.alert_index.mark(change.alert_id, change.status)
-        if pending:
-            await asyncio.gather(*pending)
+        return pending
 
-    async def _send_copies(self, copies: list[campaign.ChannelWindowCopy]) -> None:
-        """Final 1-minute windows to the campaign aggregator (sent again after a crash; it ignores repeats)."""
+    async def _send_copies(self, copies: list[campaign.ChannelWindowCopy]) -> list[Any]:
+        """Final 1-minute windows to the campaign aggregator (sent again after a crash; it ignores repeats);
+        returns the pending sends."""
         pending = [
             await self.campaign_topic.send(key=c.campaign.encode(), value=campaign.encode(c), partition=0, force=True)
             for c in copies
         ]
-        if pending:
-            await asyncio.gather(*pending)
+        return pending
 
     async def _send_progress(self, partitions: set[int], ticks: dict[int, int]) -> None:
         """Tell the campaign aggregator how far each of these partitions has settled (when it changed).
@@ -563,8 +578,8 @@ class Fold(ChunkProcessor):
         stored = self.states.get(channel_id.encode(), self.contexts[partition])
         return decode_state(stored) if stored is not None else ChannelState(channel_id=channel_id)
 
-    async def _emit(self, finals: list[tuple[ClosedWindow, int]], now_ms: int) -> None:
-        """Produce final window records not emitted before, and wait until Kafka has acknowledged them all."""
+    async def _emit(self, finals: list[tuple[ClosedWindow, int]], now_ms: int) -> list[Any]:
+        """Produce final window records not emitted before; returns the pending sends."""
         pending = []
         for closed, partition in finals:
             if self.emitted.already_emitted(closed.channel_id, closed.size_ms, closed.start_ms):
@@ -580,8 +595,7 @@ class Fold(ChunkProcessor):
                 )
             )
             self.emitted.mark(closed.channel_id, closed.size_ms, closed.start_ms)
-        if pending:
-            await asyncio.gather(*pending)
+        return pending
 
     async def send_ticks(self) -> None:
         """Append an idle-tick record to every owned events partition (see the module docstring)."""

@@ -20,9 +20,12 @@ async def read_to_end(
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        known = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(known) if partitions is None or p in partitions]
+        if partitions is None:  # learn the topic's partitions (a metadata request for every topic of the cluster)
+            await consumer._client.force_metadata_update()
+            known = consumer.partitions_for_topic(topic) or set()
+        else:
+            known = set(partitions)
+        tps = [TopicPartition(topic, p) for p in sorted(known)]
         if not tps:
             return []
         consumer.assign(tps)

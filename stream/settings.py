@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         100, ge=1, description="longest a Kafka fetch waits for new records (faust hard-codes 1500 ms)"
     )
     redis_flush_interval_s: float = Field(
-        0.1, gt=0, description="least time between two Redis flushes (a flush follows each processed batch)"
+        0.05, gt=0, description="least time between two Redis flushes (a flush follows each processed batch)"
     )
     window_size_s: int = Field(60, ge=1, description="tumbling window length")
     window_grace_s: int = Field(10, ge=0, description="a window accepts events until watermark >= end + grace")

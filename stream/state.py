@@ -22,7 +22,7 @@ Semantics:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -86,7 +86,9 @@ class ChannelState(msgspec.Struct):
     recent_closed: dict[int, Counters] = msgspec.field(default_factory=dict)
     """The last closed 1-minute windows (by start), from which 5-minute hopping windows are summed."""
     id_buckets: list[int] = msgspec.field(default_factory=list)
-    """Event-time minutes (epoch ms // 60000) that have a row of applied event ids (see :class:`IdRows`)."""
+    """Event-time minutes (epoch ms // 60000) that have stored applied event ids (see :class:`IdRows`)."""
+    id_parts: dict[int, int] = msgspec.field(default_factory=dict)
+    """Stored parts of a minute's applied ids, for minutes with more than one part (see :class:`IdRows`)."""
     late_events: int = 0
     duplicate_events: int = 0
     redelivered_records: int = 0
@@ -170,37 +172,83 @@ class Gap:
 
 
 IdRow = dict[str, int]
-"""Applied event ids of one livestream and one event-time minute -> offset of the record that applied them."""
+"""Applied event ids -> offset of the record that applied them: one stored *part* of a livestream's minute."""
+
+ID_PART_SIZE: Final = 512
+"""Ids per stored part. A minute's ids are kept in parts so that a batch rewrites only the open (last) part, never
+a hot livestream's whole minute (tens of thousands of ids at a sale's peak)."""
+
+
+class IdBucket:
+    """The applied ids of one livestream and event-time minute: all of them (for lookups) and the open part."""
+
+    __slots__ = ("merged", "open", "parts")
+
+    def __init__(self, merged: IdRow, open_part: IdRow, parts: int) -> None:
+        self.merged = merged
+        self.open = open_part
+        self.parts = parts
 
 
 class IdRows:
     """The dedup rows a fold reads and writes: loaded on first use, written back once per batch by the caller.
 
-    ``load(channel_id, bucket)`` returns the stored row (empty if none). Rows are kept apart from the channel state
-    so a write touches only the current minutes' ids, not the whole horizon.
+    ``load(channel_id, bucket, part)`` returns a stored part (empty if none); the state's ``id_parts`` says how
+    many parts a minute has (1 if absent). ``changed``/``dropped`` name the parts to write back or delete, ``rows``
+    holds the changed parts. Rows are kept apart from the channel state so a write touches only the open parts of
+    the current minutes. ``cache`` (optional, kept by the caller across batches while it owns the partition)
+    spares re-reading the minutes a livestream is in.
     """
 
-    def __init__(self, load: Callable[[str, int], IdRow]) -> None:
+    def __init__(
+        self,
+        load: Callable[[str, int, int], IdRow],
+        cache: MutableMapping[tuple[str, int], IdBucket] | None = None,
+        part_size: int = ID_PART_SIZE,
+    ) -> None:
         self._load = load
-        self.rows: dict[tuple[str, int], IdRow] = {}
-        self.changed: set[tuple[str, int]] = set()
-        self.dropped: set[tuple[str, int]] = set()
+        self._cache: MutableMapping[tuple[str, int], IdBucket] = cache if cache is not None else {}
+        self.part_size = part_size
+        self.rows: dict[tuple[str, int, int], IdRow] = {}
+        self.changed: set[tuple[str, int, int]] = set()
+        self.dropped: set[tuple[str, int, int]] = set()
 
-    def row(self, channel_id: str, bucket: int) -> IdRow:
-        key = (channel_id, bucket)
-        found = self.rows.get(key)
+    def bucket(self, state: ChannelState, bucket: int) -> IdBucket:
+        key = (state.channel_id, bucket)
+        found = self._cache.get(key)
         if found is None:
-            found = self.rows[key] = self._load(channel_id, bucket)
+            parts = state.id_parts.get(bucket, 1)
+            stored = [self._load(state.channel_id, bucket, part) for part in range(parts)]
+            merged: IdRow = {}
+            for part in stored:
+                merged.update(part)
+            found = self._cache[key] = IdBucket(merged, stored[-1], parts)
         return found
 
-    def drop(self, channel_id: str, bucket: int) -> None:
-        key = (channel_id, bucket)
-        self.rows.pop(key, None)
-        self.changed.discard(key)
-        self.dropped.add(key)
+    def add(self, state: ChannelState, bucket: int, found: IdBucket, event_id: str, offset: int) -> None:
+        """Record ``event_id`` as applied by the record at ``offset`` (in the open part; a full part is sealed)."""
+        if len(found.open) >= self.part_size:
+            found.parts += 1
+            found.open = {}
+            state.id_parts[bucket] = found.parts
+        found.open[event_id] = offset
+        found.merged[event_id] = offset
+        key = (state.channel_id, bucket, found.parts - 1)
+        self.rows[key] = found.open
+        self.changed.add(key)
+
+    def drop(self, state: ChannelState, bucket: int) -> None:
+        """Forget a minute that left the dedup horizon: every part is deleted."""
+        parts = state.id_parts.pop(bucket, 1)
+        self._cache.pop((state.channel_id, bucket), None)
+        for part in range(parts):
+            key = (state.channel_id, bucket, part)
+            self.rows.pop(key, None)
+            self.changed.discard(key)
+            self.dropped.add(key)
 
 
-def no_stored_ids(channel_id: str, bucket: int) -> IdRow:
+def no_stored_ids(channel_id: str, bucket: int, part: int) -> IdRow:
     return {}
 
 
@@ -281,15 +329,14 @@ def apply_record(
         if ids is not None:
             event_id = event.event_id
             bucket = event.ts_ms // 60_000
-            row = ids.row(channel_id, bucket)
-            seen_at = row.get(event_id)
+            found = ids.bucket(state, bucket)
+            seen_at = found.merged.get(event_id)
             if event_id in in_record or (seen_at is not None and seen_at <= applied_through):
                 state.duplicate_events += 1
                 effects.duplicate_events += 1
                 continue
             in_record.add(event_id)
-            row[event_id] = offset
-            ids.changed.add((channel_id, bucket))
+            ids.add(state, bucket, found, event_id, offset)
             if bucket not in state.id_buckets:
                 state.id_buckets.append(bucket)
         if orders is not None and type(event) is Order and _order_seen(state, event, orders, offset, applied_through):
@@ -302,7 +349,7 @@ def apply_record(
         oldest = (state.max_ts_ms - spec.dedup_horizon_ms) // 60_000
         for bucket in [b for b in state.id_buckets if b < oldest]:
             state.id_buckets.remove(bucket)
-            ids.drop(channel_id, bucket)
+            ids.drop(state, bucket)
     effects.touched.add(channel_id)
     return True
 

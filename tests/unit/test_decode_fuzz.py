@@ -405,7 +405,8 @@ def mutation(draw: st.DrawFn, value: bytes) -> bytes:
             doc = json.loads(value)
         except (ValueError, RecursionError):
             return value
-        return json.dumps(doc, indent=draw(st.sampled_from([None, 1, 4])), ensure_ascii=draw(st.booleans())).encode()
+        text = json.dumps(doc, indent=draw(st.sampled_from([None, 1, 4])), ensure_ascii=draw(st.booleans()))
+        return text.encode("utf-8", "surrogatepass")  # a lone surrogate escape becomes bytes that are not UTF-8
     return value
 
 

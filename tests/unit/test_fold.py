@@ -204,11 +204,12 @@ def test_oracle_from_events_matches_fold_of_same_events() -> None:
 class DictStore:
     """Stands in for the dedup table: rows persist across batches the way the agent writes them back."""
 
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, int], dict[str, int]] = {}
+    def __init__(self, part_size: int = 512) -> None:
+        self.rows: dict[tuple[str, int, int], dict[str, int]] = {}
+        self.part_size = part_size
 
     def batch(self) -> IdRows:
-        return IdRows(lambda channel_id, bucket: dict(self.rows.get((channel_id, bucket), {})))
+        return IdRows(lambda c, bucket, part: dict(self.rows.get((c, bucket, part), {})), part_size=self.part_size)
 
     def save(self, ids: IdRows) -> None:
         for key in ids.changed:
@@ -245,7 +246,7 @@ def test_repeated_event_ids_count_once_within_the_horizon() -> None:
     apply_record(again, [_view(9, BASE + 11 * 60_000)], 0, 3, SPEC, FoldEffects(), ids=ids)
     store.save(ids)
     assert min(again.id_buckets) >= (BASE + 60_000) // 60_000
-    assert (("c1", BASE // 60_000)) not in store.rows
+    assert ("c1", BASE // 60_000, 0) not in store.rows
 
 
 def test_ids_stored_by_a_lost_state_change_do_not_hide_the_redo() -> None:
@@ -351,3 +352,21 @@ def test_a_livestream_that_ends_and_comes_back_80_s_later_counts_in_its_windows(
     assert state.windows[start].views == 2
     feed([_view(4, start + 60_000 + SPEC.grace_ms + 1)], start + 60_000 + SPEC.grace_ms + 1)
     assert (60_000, start) in closed and closed.count((60_000, start)) == 1
+
+
+def test_a_hot_minute_is_stored_in_parts_and_a_batch_rewrites_only_the_open_one() -> None:
+    store = DictStore(part_size=4)
+    state = ChannelState(channel_id="c1")
+    for batch in range(5):  # 5 batches of 3 records: 15 ids in one minute
+        ids = store.batch()
+        for i in range(3):
+            n = batch * 3 + i
+            apply_record(state, [_view(n, BASE + n)], 0, n, SPEC, FoldEffects(), ids=ids)
+        assert len(ids.changed) <= 2, "only the open part (and one just sealed) is written"
+        store.save(ids)
+        state = decode_state(encode_state(state))
+    assert state.id_parts[BASE // 60_000] == 4
+    assert sum(len(r) for r in store.rows.values()) == 15
+    ids = store.batch()  # a restart: every part is read back; a retry of the first id is recognised
+    apply_record(state, [_view(0, BASE), _view(99, BASE + 99)], 0, 15, SPEC, FoldEffects(), ids=ids)
+    assert state.duplicate_events == 1 and state.totals.views == 16
