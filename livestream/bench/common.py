@@ -14,20 +14,26 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+
+if TYPE_CHECKING:
+    from stream.settings import Settings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BENCH_ROOT = Path(".cache/bench")
@@ -289,3 +295,147 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float):
         return None if not math.isfinite(value) else round(value, 2)
     return value
+
+
+# Several workers of one consumer group ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block (child processes started in it inherit them)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def worker_settings(settings: Settings, name: str) -> Settings:
+    """The settings of worker ``name`` of a group: the same namespace, its own state folder and HTTP port."""
+    return settings.model_copy(
+        update={"data_dir": settings.data_dir.parent / f"worker-{name}", "web_port": free_port()}
+    )
+
+
+def start_worker_env(
+    settings: Settings, log_path: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """:func:`livestream.demo.start_worker` with extra ``LIVESTREAM_*`` variables (settings it does not pass on,
+    e.g. ``LIVESTREAM_STANDBY_REPLICAS``) in the worker's environment."""
+    from livestream.demo import start_worker
+
+    with environ(env or {}):
+        return start_worker(settings, log_path)
+
+
+def stop_workers(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    """SIGTERM every worker at once (one after the other would rebalance the group at each exit), wait up to
+    ``timeout`` seconds, then SIGKILL those still running."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """What one worker's ``/metrics`` says about its partitions (agents/metrics.py, agents/health.py)."""
+
+    ready: bool
+    """``livestream_worker_ready``: partitions assigned and recovered, processing alive, nothing stalled."""
+    owned: frozenset[int]
+    """Events partitions with ``livestream_partition_owned`` 1."""
+    lag: Mapping[int, int] = field(default_factory=dict)
+    """``livestream_consumer_lag_records`` per owned partition (absent until the partition processed a record)."""
+    progress: Mapping[int, float] = field(default_factory=dict)
+    """``livestream_partition_last_progress_timestamp_seconds`` per owned partition (epoch seconds)."""
+    events_processed: int = 0
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_worker_metrics(text: str) -> WorkerHealth:
+    """The partition health series of a worker's Prometheus exposition text."""
+    ready = False
+    owned: set[int] = set()
+    lag: dict[int, int] = {}
+    progress: dict[int, float] = {}
+    events = 0
+    for line in text.splitlines():
+        if not line.startswith("livestream_"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        name, labels, raw = match.groups()
+        value = float(raw)
+        partition = None
+        if labels:
+            found = dict(_LABEL.findall(labels))
+            if "partition" in found:
+                partition = int(found["partition"])
+        if name == "livestream_worker_ready":
+            ready = value == 1
+        elif name == "livestream_events_processed_total":
+            events = int(value)
+        elif partition is None:
+            continue
+        elif name == "livestream_partition_owned":
+            if value == 1:
+                owned.add(partition)
+        elif name == "livestream_consumer_lag_records":
+            lag[partition] = int(value)
+        elif name == "livestream_partition_last_progress_timestamp_seconds":
+            progress[partition] = value
+    return WorkerHealth(ready, frozenset(owned), lag, progress, events)
+
+
+def worker_health(port: int, timeout: float = 2.0) -> WorkerHealth | None:
+    """The worker's partition health from its ``/metrics``, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+            return parse_worker_metrics(response.read().decode())
+    except (OSError, ValueError):
+        return None
+
+
+LOG_PROBLEMS = ("Traceback", "KeyError", "failed", "ERROR", "CRITICAL")
+
+
+def log_problems(paths: Iterable[Path], markers: Sequence[str] = LOG_PROBLEMS) -> list[str]:
+    """Lines of the logs holding one of ``markers`` (case-sensitive), as ``<file>: <line>``."""
+    found: list[str] = []
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if any(marker in line for marker in markers):
+                found.append(f"{path.name}: {line.strip()}")
+    return found
+
+
+def report_log_problems(what: str, paths: Iterable[Path]) -> int:
+    """Log (stderr) how many problem lines the worker logs hold and the first few distinct ones; the count."""
+    found = log_problems(paths)
+    if found:
+        distinct = list(dict.fromkeys(found))
+        log(f"{what}: {len(found)} Traceback/KeyError/failed/ERROR line(s) in worker logs, e.g.:")
+        for line in distinct[:8]:
+            log(f"    {line[:300]}")
+    else:
+        log(f"{what}: no Traceback/KeyError/failed/ERROR line in worker logs")
+    return len(found)

@@ -2,7 +2,7 @@
 
 Figures are kept in a flat dict keyed like the JSON line. :data:`REQUIRED_KEYS` are always present in the JSON
 line (``null`` when their step was skipped or failed); extra keys (CPU seconds per million events, peaks, rates)
-follow them.
+follow them, and :data:`APPENDED_KEYS` (the scaling and takeover steps' figures, also always present) come last.
 """
 
 from __future__ import annotations
@@ -27,6 +27,20 @@ REQUIRED_KEYS: Final = (
     "rss_mb_10k",
     "rss_mb_100k",
     "fair_replay_seconds",
+)
+
+APPENDED_KEYS: Final = (
+    "scaling_eps_1w",
+    "scaling_eps_2w",
+    "scaling_eps_3w",
+    "scaling_eps_per_worker_2w",
+    "scaling_eps_per_worker_3w",
+    "takeover_kill9_s_standby0",
+    "takeover_kill9_s_standby1",
+    "takeover_join_s_standby0",
+    "takeover_join_s_standby1",
+    "takeover_sigterm_s_standby0",
+    "takeover_sigterm_s_standby1",
 )
 
 Figures = Mapping[str, float | int | None]
@@ -83,9 +97,11 @@ def targets(figures: Figures) -> list[Target]:
 
 
 def final_line(figures: Figures) -> str:
-    """The JSON line: every required key (null if missing), then the extra keys, floats rounded to 2 places."""
+    """The JSON line: every required key (null if missing), then the extra keys, then every appended key (null if
+    missing), floats rounded to 2 places."""
     line = {key: to_jsonable(figures.get(key)) for key in REQUIRED_KEYS}
-    line.update({k: to_jsonable(v) for k, v in figures.items() if k not in line})
+    line.update({k: to_jsonable(v) for k, v in figures.items() if k not in line and k not in APPENDED_KEYS})
+    line.update({key: to_jsonable(figures.get(key)) for key in APPENDED_KEYS})
     return json.dumps(line)
 
 
@@ -132,6 +148,28 @@ def table(figures: Figures) -> str:
         if figures.get("fair_replay_seconds") is not None
         else "full fair replay (demo --once): -"
     )
+    lines.append("")
+    lines.append(f"{'workers in one group (12 partitions)':<40} {'events/s':>12} {'per worker':>12} {'steady':>12}")
+    for workers in (1, 2, 3):
+        total = figures.get(f"scaling_eps_{workers}w")
+        per_worker = figures.get(f"scaling_eps_per_worker_{workers}w", total if workers == 1 else None)
+        lines.append(
+            f"{f'scaling, {workers} worker(s)':<40} {_fmt(total):>12} {_fmt(per_worker):>12} "
+            f"{_fmt(figures.get(f'scaling_steady_eps_{workers}w')):>12}"
+        )
+    lines.append("")
+    lines.append(f"{'takeover: event -> settled (all owned), s':<40} {'standby 0':>16} {'standby 1':>16}")
+    for event, label in (
+        ("kill9", "kill -9 of one of two workers"),
+        ("join", "a worker joins one"),
+        ("sigterm", "SIGTERM of one of two workers"),
+    ):
+        cells = []
+        for standby in (0, 1):
+            settled = _fmt(figures.get(f"takeover_{event}_s_standby{standby}"))
+            owned = _fmt(figures.get(f"takeover_{event}_owned_s_standby{standby}"))
+            cells.append(f"{settled} ({owned})")
+        lines.append(f"{label:<40} {cells[0]:>16} {cells[1]:>16}")
     lines.append("")
     lines.append(f"{'target':<44} {'value':>12} {'':>2} {'limit':>10}  verdict")
     for target in targets(figures):

@@ -11,7 +11,11 @@ apart from Kafka, Redis and whatever else runs on it):
    counters in Redis equal the replay oracle);
 3. latency event -> Redis at ``--latency-load`` (0.5) times the pipeline's single-event rate;
 4. worker RSS with 1k, 10k and 100k active livestreams, each in a fresh namespace;
-5. the full fair, ``livestream demo --once`` (batch envelopes), its wall time with exact totals.
+5. the full fair, ``livestream demo --once`` (batch envelopes), its wall time with exact totals;
+6. scaling: 1, 2 and 3 workers in one consumer group, each count on a fresh 12-partition namespace filled like the
+   single-event topic (``livestream.bench.scaling``);
+7. takeover: kill -9, join and SIGTERM under a paced live replay, with 0 and 1 standby replicas
+   (``livestream.bench.takeover``).
 
 Each step uses fresh namespaces (``bench<hex>``) whose topics, groups, Redis keys and files are removed after it.
 A step that fails (miscount, timeout, crash) is reported on stderr, its figures are null, and the command exits 1.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +51,7 @@ from livestream.producer import ReplayResult, replay_fair
 from stream.replay.profile import OCOP_FAIR
 from stream.settings import Settings
 
-STEPS: Final = ("drain", "passthrough", "quix", "single", "batch", "latency", "memory", "fair")
+STEPS: Final = ("drain", "passthrough", "quix", "single", "batch", "latency", "memory", "fair", "scaling", "takeover")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,17 @@ class BenchOptions:
     memory_sizes: tuple[int, ...] = (1_000, 10_000, 100_000)
     fair_scale: float = 1.0
     partitions: int = 4
+    scaling_partitions: int = 12
+    """Partitions of the scaling step's topics (the default of a deployment, so up to 12 workers can share them)."""
+    scaling_workers: tuple[int, ...] = (1, 2, 3)
+    takeover_scale: float = 0.05
+    """Scale of the fair the takeover step replays live (single-event records)."""
+    takeover_partitions: int = 4
+    takeover_standbys: tuple[int, ...] = (0, 1)
+    takeover_warmup_s: float = 30.0
+    """Seconds of live replay before the first takeover (state and changelogs build up)."""
+    takeover_replay_s: float = 75.0
+    """The paced replay lasts this long (it goes on during the three takeovers)."""
     keep: bool = False
     """Keep topics, Redis keys and files of every namespace (for inspection)."""
     base: dict[str, Any] = field(default_factory=dict)
@@ -79,12 +95,12 @@ class Bench:
         self.errors: dict[str, str] = {}
         self.base = Settings(**options.base)
 
-    def settings(self, namespace: str) -> Settings:
+    def settings(self, namespace: str, partitions: int | None = None) -> Settings:
         return Settings(
             **{
                 **self.options.base,
                 "namespace": namespace,
-                "partitions": self.options.partitions,
+                "partitions": partitions or self.options.partitions,
                 "data_dir": BENCH_ROOT / namespace / "worker",
                 "web_port": free_port(),
             }
@@ -118,8 +134,10 @@ class Bench:
         log(f"{key}: {result.eps:,.0f} events/s, {result.cpu_s_per_m:.2f} CPU s per million events")
 
     # Steps ---------------------------------------------------------------------------------------------------
-    def fill(self, namespace: str, scale: float, batch: int) -> tuple[ReplayResult, dict[int, int], dict[int, int]]:
-        settings = self.settings(namespace)
+    def fill(
+        self, namespace: str, scale: float, batch: int, partitions: int | None = None
+    ) -> tuple[ReplayResult, dict[int, int], dict[int, int]]:
+        settings = self.settings(namespace, partitions)
         log(f"filling {settings.events_topic}: fair at scale {scale}, {batch} event(s) per record")
         result = asyncio.run(replay_fair(settings, scale=scale, seed=self.options.seed, batch=batch))
         begins, ends = asyncio.run(topic_offsets(settings.kafka_bootstrap, settings.events_topic))
@@ -310,6 +328,71 @@ class Bench:
 
         self.step("fair", fair)
 
+    def run_scaling(self) -> None:
+        def scaling() -> None:
+            from livestream.bench.scaling import measure_scaling
+
+            partitions = self.options.scaling_partitions
+            for workers in self.options.scaling_workers:
+                namespace = new_namespace()
+                try:
+                    replay, _, _ = self.fill(namespace, self.options.scale, 1, partitions)
+                    settings = self.settings(namespace, partitions)
+                    result = measure_scaling(settings, workers, replay.oracle, OCOP_FAIR.campaign, replay.events)
+                finally:
+                    self.cleanup(namespace)
+                self.figures[f"scaling_eps_{workers}w"] = result.whole.eps
+                if workers > 1:
+                    self.figures[f"scaling_eps_per_worker_{workers}w"] = result.eps_per_worker
+                self.figures[f"scaling_steady_eps_{workers}w"] = result.steady.eps if result.steady else None
+                self.figures[f"scaling_cpu_s_per_m_{workers}w"] = result.whole.cpu_s_per_m
+                self.figures[f"scaling_settle_s_{workers}w"] = result.settle_s
+                self.figures[f"scaling_log_problems_{workers}w"] = result.log_problems
+                self.figures["scaling_events"] = result.whole.total_events
+                log(
+                    f"scaling {workers} worker(s): {result.whole.eps:,.0f} events/s "
+                    f"({result.eps_per_worker:,.0f} per worker), steady "
+                    f"{result.steady.eps if result.steady else math.nan:,.0f}/s, events per worker "
+                    f"{list(result.per_worker)}"
+                )
+
+        self.step("scaling", scaling)
+
+    def run_takeover(self) -> None:
+        def takeover() -> None:
+            from livestream.bench.takeover import EVENTS, measure_takeover
+
+            for standby in self.options.takeover_standbys:
+                namespace = new_namespace()
+                try:
+                    result = measure_takeover(
+                        self.settings(namespace, self.options.takeover_partitions),
+                        standby,
+                        scale=self.options.takeover_scale,
+                        seed=self.options.seed,
+                        warmup_s=self.options.takeover_warmup_s,
+                        replay_s=self.options.takeover_replay_s,
+                    )
+                finally:
+                    self.cleanup(namespace)
+                for event in EVENTS:
+                    self.figures[f"takeover_{event}_s_standby{standby}"] = result.times[event].settled_s
+                for event in EVENTS:
+                    self.figures[f"takeover_{event}_owned_s_standby{standby}"] = result.times[event].owned_s
+                    self.figures[f"takeover_{event}_ready_s_standby{standby}"] = result.times[event].ready_s
+                self.figures[f"takeover_log_problems_standby{standby}"] = result.log_problems
+                log(
+                    f"takeover with {standby} standby replica(s): "
+                    + ", ".join(
+                        f"{event} {result.times[event].settled_s or math.nan:.1f} s "
+                        f"(all owned after {result.times[event].owned_s or math.nan:.1f} s)"
+                        for event in EVENTS
+                    )
+                    + f"; {result.events:,} events exact"
+                )
+
+        self.step("takeover", takeover)
+
     def run(self) -> int:
         """Every step not skipped; prints the table and the JSON line to stdout; 1 if a step failed."""
         from livestream import services
@@ -321,6 +404,8 @@ class Bench:
         self.run_latency()
         self.run_memory()
         self.run_fair()
+        self.run_scaling()
+        self.run_takeover()
         self.figures["bench_seconds"] = time.monotonic() - started
         print(table(self.figures), flush=True)
         print(final_line(self.figures), flush=True)

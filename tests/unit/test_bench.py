@@ -7,9 +7,20 @@ import math
 
 import pytest
 
-from livestream.bench.common import BenchError, ChildResult, PartitionTally, Throughput, check_exact, percentile
+from livestream.bench.common import (
+    BenchError,
+    ChildResult,
+    PartitionTally,
+    Throughput,
+    WorkerHealth,
+    check_exact,
+    parse_worker_metrics,
+    percentile,
+)
 from livestream.bench.memory import livestream_records
-from livestream.bench.report import REQUIRED_KEYS, final_line, table, targets
+from livestream.bench.report import APPENDED_KEYS, REQUIRED_KEYS, final_line, table, targets
+from livestream.bench.scaling import ScalingSample, scaling_throughput
+from livestream.bench.takeover import Poll, Takeover, settled, takeover_times
 from stream.decode import Decoded, TimeBounds, decode_record
 
 
@@ -74,7 +85,7 @@ def test_final_line_has_every_required_key_first_and_nulls_for_missing() -> None
     assert "\n" not in line
     data = json.loads(line)
     assert list(data)[: len(REQUIRED_KEYS)] == list(REQUIRED_KEYS)
-    assert set(data) == {*REQUIRED_KEYS, "extra_cpu_s_per_m"}
+    assert set(data) == {*REQUIRED_KEYS, "extra_cpu_s_per_m", *APPENDED_KEYS}
     assert data["pipeline_batch_eps"] == 123_456.79
     assert data["latency_p99_ms"] is None
     assert data["rss_mb_100k"] is None
@@ -142,3 +153,133 @@ def test_bench_command_rejects_an_unknown_step_before_touching_services() -> Non
     result = CliRunner().invoke(app, ["bench", "--skip", "drain,nope"])
     assert result.exit_code == 2
     assert "nope" in result.output
+
+
+# Scaling and takeover ------------------------------------------------------------------------------------------
+
+METRICS_TEXT = """# HELP livestream_worker_ready 1 if the worker is ready
+# TYPE livestream_worker_ready gauge
+livestream_worker_ready 1.0
+livestream_events_processed_total 1234.0
+livestream_owned_partitions 2.0
+livestream_partition_owned{topic="ns.events",partition="0"} 1.0
+livestream_partition_owned{topic="ns.events",partition="1"} 0.0
+livestream_partition_owned{topic="ns.events",partition="2"} 1.0
+livestream_consumer_lag_records{topic="ns.events",partition="0"} 12.0
+livestream_consumer_lag_records{topic="ns.events",partition="2"} 3000.0
+livestream_partition_last_progress_timestamp_seconds{topic="ns.events",partition="0"} 1.7000000015e+09
+livestream_partition_last_progress_timestamp_seconds{topic="ns.events",partition="2"} 1.7e+09
+livestream_views_total 99.0
+"""
+
+
+def test_worker_metrics_are_parsed_into_partition_health() -> None:
+    health = parse_worker_metrics(METRICS_TEXT)
+    assert health.ready is True
+    assert health.owned == {0, 2}
+    assert health.lag == {0: 12, 2: 3000}
+    assert health.progress == {0: pytest.approx(1_700_000_001.5), 2: 1_700_000_000.0}
+    assert health.events_processed == 1234
+    assert parse_worker_metrics(METRICS_TEXT.replace("ready 1.0", "ready 0.0")).ready is False
+    assert parse_worker_metrics("").owned == frozenset()
+
+
+def _health(owned: set[int], lag: int | None = 0, progress: float = 100.0, ready: bool = True) -> WorkerHealth:
+    return WorkerHealth(
+        ready=ready,
+        owned=frozenset(owned),
+        lag={} if lag is None else dict.fromkeys(owned, lag),
+        progress=dict.fromkeys(owned, progress),
+    )
+
+
+def test_settled_needs_every_partition_owned_once_ready_caught_up_and_progress_after_the_event() -> None:
+    since = 50.0
+    assert settled({"a": _health({0, 1}), "c": _health({2, 3})}, 4, since)
+    assert not settled({"a": _health({0, 1})}, 4, since)  # partitions 2 and 3 have no owner
+    assert not settled({"a": _health({0, 1, 2}), "c": _health({2, 3})}, 4, since)  # partition 2 owned twice
+    assert not settled({"a": _health({0, 1, 2, 3}), "c": _health(set())}, 4, since)  # the joiner owns nothing
+    assert not settled({"a": _health({0, 1}), "c": None}, 4, since)  # a worker does not answer
+    assert not settled({"a": _health({0, 1}), "c": _health({2, 3}, ready=False)}, 4, since)
+    assert not settled({"a": _health({0, 1}), "c": _health({2, 3}, lag=1000)}, 4, since)  # not caught up
+    assert not settled({"a": _health({0, 1}), "c": _health({2, 3}, lag=None)}, 4, since)  # nothing processed yet
+    assert not settled({"a": _health({0, 1}), "c": _health({2, 3}, progress=49.0)}, 4, since)  # before the event
+    assert settled({"a": _health({0, 1}), "c": _health({2, 3}, lag=999)}, 4, since)
+    # More workers than partitions: an idle worker is fine.
+    assert settled({"a": _health({0}), "b": _health({1}), "c": _health(set())}, 2, since)
+
+
+def test_takeover_times_from_a_series_of_polls_after_a_kill() -> None:
+    kill = 100.0
+    before = {"a": _health({0, 1}, progress=99.0)}
+    polls = [
+        Poll(99.0, before),  # before the event: ignored
+        Poll(100.2, {"a": _health({0, 1}, progress=100.1)}),  # b's partitions have no owner yet
+        Poll(110.4, {"a": None}),  # rebalancing: no answer
+        Poll(110.8, {"a": _health({0, 1, 2, 3}, lag=None, progress=110.7, ready=False)}),  # owned, recovering
+        Poll(111.5, {"a": _health({0, 1, 2, 3}, lag=None, progress=111.4)}),  # ready, 2 and 3 not processed yet
+        Poll(113.0, {"a": _health({0, 1, 2, 3}, lag=4000, progress=112.9)}),  # catching up
+        Poll(114.2, {"a": _health({0, 1, 2, 3}, lag=10, progress=114.1)}),  # settled
+        Poll(115.0, {"a": _health({0, 1, 2, 3}, lag=10, progress=114.9)}),
+    ]
+    times = takeover_times(polls, kill, 4)
+    assert times.owned_s == pytest.approx(10.8)
+    assert times.ready_s == pytest.approx(11.5)
+    assert times.settled_s == pytest.approx(14.2)
+    unsettled = takeover_times(polls[:-2], kill, 4)
+    assert unsettled.owned_s == pytest.approx(10.8)
+    assert unsettled.ready_s == pytest.approx(11.5)
+    assert unsettled.settled_s is None
+    assert takeover_times(polls[:3], kill, 4) == Takeover(None, None, None)
+
+
+def test_takeover_times_after_a_join_wait_for_the_new_worker() -> None:
+    join = 200.0
+    settled_before = _health({0, 1, 2, 3}, progress=200.5)
+    polls = [
+        Poll(200.5, {"a": settled_before, "c": None}),  # c is starting: a alone looks settled, but c is expected
+        Poll(203.0, {"a": settled_before, "c": _health(set(), ready=False)}),  # c up, not in the group yet
+        Poll(205.0, {"a": _health({2, 3}, progress=205.0), "c": _health({0, 1}, lag=None, progress=204.9)}),
+        Poll(206.0, {"a": _health({2, 3}, progress=206.0), "c": _health({0, 1}, lag=3, progress=206.0)}),
+    ]
+    assert takeover_times(polls, join, 4) == Takeover(5.0, 5.0, 6.0)
+
+
+def _sample(at: float, processed: tuple[int, ...], complete: bool, cpu_s: float) -> ScalingSample:
+    return ScalingSample(at, processed, complete, cpu_s)
+
+
+def test_scaling_throughput_runs_from_the_first_processed_event_and_from_the_complete_group() -> None:
+    samples = [
+        _sample(10.0, (0, 0), False, 1.0),
+        _sample(10.5, (1_000, 0), False, 1.5),  # the first worker alone: the whole interval starts here
+        _sample(12.0, (5_000, 1_000), True, 4.0),  # both workers own partitions: the steady interval starts here
+        _sample(14.0, (30_000, 20_000), True, 10.0),
+    ]
+    whole, steady = scaling_throughput(samples, 50_000)
+    assert whole == Throughput(49_000, 3.5, 8.5, 50_000)
+    assert steady == Throughput(44_000, 2.0, 6.0, 50_000)
+    assert steady.eps == 22_000
+    # The group complete only at the last sample: no steady interval.
+    whole, steady = scaling_throughput([*samples[:2], _sample(14.0, (30_000, 20_000), True, 10.0)], 50_000)
+    assert steady is None
+    with pytest.raises(BenchError):
+        scaling_throughput(samples[:-1], 50_000)
+
+
+def test_final_line_appends_the_scaling_and_takeover_keys_last() -> None:
+    figures = {"pipeline_single_eps": 5.0, "scaling_eps_2w": 9.0, "scaling_steady_eps_2w": 9.5, "bench_seconds": 1.0}
+    data = json.loads(final_line(figures))
+    keys = list(data)
+    assert keys[: len(REQUIRED_KEYS)] == list(REQUIRED_KEYS)
+    assert keys[-len(APPENDED_KEYS) :] == list(APPENDED_KEYS)
+    assert data["scaling_eps_2w"] == 9.0
+    assert data["takeover_kill9_s_standby0"] is None
+    assert keys.index("scaling_steady_eps_2w") < keys.index("bench_seconds") < keys.index("scaling_eps_1w")
+    assert "kill -9" in table(figures)
+
+
+def test_bench_steps_include_scaling_and_takeover() -> None:
+    from livestream.bench.runner import STEPS
+
+    assert {"scaling", "takeover"} <= set(STEPS)
