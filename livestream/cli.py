@@ -146,7 +146,10 @@ def bench(
     seed: Annotated[int, typer.Option(help="replay seed")] = 7,
     skip: Annotated[
         list[str] | None,
-        typer.Option(help="skip a step (repeatable): drain, passthrough, quix, single, batch, latency, memory, fair"),
+        typer.Option(
+            help="skip a step (repeatable): drain, passthrough, quix, single, batch, latency, memory, fair, scaling, "
+            "takeover"
+        ),
     ] = None,
     latency_seconds: Annotated[float, typer.Option(help="how long to send events for the latency step")] = 20.0,
     latency_load: Annotated[float, typer.Option(help="latency rate as a fraction of the single-event rate")] = 0.5,
