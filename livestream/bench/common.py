@@ -439,3 +439,26 @@ def report_log_problems(what: str, paths: Iterable[Path]) -> int:
     else:
         log(f"{what}: no Traceback/KeyError/failed/ERROR line in worker logs")
     return len(found)
+
+
+def livestream_command(settings: Settings, *args: str) -> list[str]:
+    """``python -m livestream`` with the settings' Kafka, Redis, namespace, partitions, web port and data dir as
+    global flags, then ``args`` (a command and its options)."""
+    return [
+        sys.executable,
+        "-m",
+        "livestream",
+        "--kafka",
+        settings.kafka_bootstrap,
+        "--redis-url",
+        settings.redis_url,
+        "--namespace",
+        settings.namespace,
+        "--partitions",
+        str(settings.partitions),
+        "--web-port",
+        str(settings.web_port),
+        "--data-dir",
+        str(settings.data_dir),
+        *args,
+    ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,27 +25,7 @@ class FairResult:
 
 
 def measure_fair(settings: Settings, scale: float, batch: int, log_path: Path, timeout: float = 900) -> FairResult:
-    command = [
-        sys.executable,
-        "-m",
-        "livestream",
-        "--kafka",
-        settings.kafka_bootstrap,
-        "--redis-url",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--web-port",
-        str(settings.web_port),
-        "--data-dir",
-        str(settings.data_dir),
-        "demo",
-        "--once",
-        "--scale",
-        str(scale),
-        "--batch",
-        str(batch),
-    ]
+    command = livestream_command(settings, "demo", "--once", "--scale", str(scale), "--batch", str(batch))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as err:
         try:

@@ -32,7 +32,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -224,28 +223,9 @@ def _describe(name: str, health: WorkerHealth | None) -> str:
 def start_replay(settings: Settings, scale: float, seed: int, speed: float, out: Path) -> subprocess.Popen[bytes]:
     """``livestream replay`` of the fair as single-event records at ``speed`` times real time, as a child process
     (stdout, whose last line is the oracle summary, to ``out``; progress to ``out`` with ``.log``)."""
-    command = [
-        sys.executable,
-        "-m",
-        "livestream",
-        "--kafka",
-        settings.kafka_bootstrap,
-        "--redis-url",
-        settings.redis_url,
-        "--namespace",
-        settings.namespace,
-        "--partitions",
-        str(settings.partitions),
-        "replay",
-        "--scale",
-        str(scale),
-        "--seed",
-        str(seed),
-        "--batch",
-        "1",
-        "--speed",
-        f"{speed:.3f}",
-    ]
+    command = livestream_command(
+        settings, "replay", "--scale", str(scale), "--seed", str(seed), "--batch", "1", "--speed", f"{speed:.3f}"
+    )
     with out.open("wb") as stdout, out.with_suffix(".log").open("ab") as stderr:
         return subprocess.Popen(command, stdout=stdout, stderr=stderr)
 
