@@ -12,7 +12,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from livestream.bench.common import BenchError
+from livestream.bench.common import BenchError, livestream_command
 from stream.settings import Settings
 
 

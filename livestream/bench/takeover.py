@@ -41,6 +41,7 @@ from agents.startup import ensure_topics
 from livestream.bench.common import (
     BenchError,
     WorkerHealth,
+    livestream_command,
     log,
     report_log_problems,
     start_worker_env,
