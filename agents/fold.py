@@ -457,8 +457,8 @@ class Fold(ChunkProcessor):
         candidates: dict[str, ChannelView | ChannelState] = {
             cid: state for cid, state in touched.items() if state.partition == partition
         }
-        for channel_id, view in live.channels.items():
-            if view.partition == partition and channel_id not in candidates:
+        for channel_id, view in live.by_partition.get(partition, {}).items():
+            if channel_id not in candidates:
                 candidates[channel_id] = view
         changes: list[tuple[AlertChange, int]] = []
 

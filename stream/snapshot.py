@@ -74,6 +74,8 @@ class ClosedWindow:
 @dataclass
 class LiveSnapshot:
     channels: dict[str, ChannelView] = field(default_factory=dict)
+    by_partition: dict[int, dict[str, ChannelView]] = field(default_factory=dict)
+    """The same views by events partition (the partition-level checks scan one partition, not every channel)."""
     dirty: set[str] = field(default_factory=set)
     """Channels changed since the last Redis flush."""
     pending_viewers: dict[str, list[str]] = field(default_factory=dict)
@@ -137,7 +139,11 @@ class LiveSnapshot:
     redis_flushes: int = 0
 
     def update(self, state: ChannelState) -> None:
-        self.channels[state.channel_id] = ChannelView.of(state)
+        old = self.channels.get(state.channel_id)
+        if old is not None and old.partition != state.partition:
+            self.by_partition.get(old.partition, {}).pop(state.channel_id, None)
+        view = self.channels[state.channel_id] = ChannelView.of(state)
+        self.by_partition.setdefault(state.partition, {})[state.channel_id] = view
         self.dirty.add(state.channel_id)
         if state.windows:
             self.pending_windows[state.channel_id] = state.windows
@@ -179,6 +185,7 @@ class LiveSnapshot:
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget channels of partitions this worker no longer owns."""
         for partition in partitions:
+            self.by_partition.pop(partition, None)
             self.lag.pop(partition, None)
             self.progress_at_s.pop(partition, None)
             self.owned_partitions.discard(partition)
