@@ -127,9 +127,10 @@ class ChunkProcessor:
         raise NotImplementedError
 
     def on_assigned(self, partitions: set[int], generation: int) -> None:
-        """Own ``partitions`` from ``generation`` on (chunks fetched in earlier generations are dropped)."""
-        for partition in partitions:
-            self.owned[partition] = generation
+        """Own exactly ``partitions`` from ``generation`` on (chunks fetched in earlier generations, or of
+        partitions not owned, are dropped: they are fetched again from the committed offset after the seek that
+        follows every assignment)."""
+        self.owned = dict.fromkeys(partitions, generation)
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what is kept about partitions no longer owned (subclasses extend)."""
@@ -228,6 +229,13 @@ class BulkConsumer(AIOKafkaFaustConsumer):
             except Exception:
                 log.exception("fencing revoked partitions %s of %s failed", sorted(partitions), topic)
         await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        # Ownership is taken here, before faust recovers the tables and resumes fetching: a chunk fetched for a
+        # partition before its processor knew it owned it would be dropped, and the fetch position is past it.
+        for topic, sink in self.bulk_sinks.items():
+            sink.on_assigned({tp.partition for tp in assigned if tp.topic == topic}, generation_id)
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by integration tests
         sinks = self.bulk_sinks

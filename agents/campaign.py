@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import faust
 import msgspec
@@ -77,12 +76,18 @@ class CampaignAggregator(ChunkProcessor):
             if message.offset <= state.last_offset:
                 continue  # fetched again after a seek back to the committed offset
             records = [message]
-            if message.offset > state.last_offset + 1 and state.last_offset >= 0:
-                # Records never delivered (a fetch dropped around a rebalance): read them from Kafka.
+            if message.offset > state.last_offset + 1:
+                # Records this state never saw (delivered to an owner whose state change was lost, or a fresh state
+                # starting past the beginning): read them from Kafka; a fresh state reads from the beginning.
                 bootstrap = self.settings.kafka_bootstrap
                 missed = await read_range(bootstrap, topic, 0, state.last_offset + 1, message.offset)
                 if missed:
-                    log.warning("campaign input gap: re-read %d records from %d", len(missed), state.last_offset + 1)
+                    log.warning(
+                        "campaign input: state at offset %d, next record %d: re-read %d records",
+                        state.last_offset,
+                        message.offset,
+                        len(missed),
+                    )
                 records = [*missed, message]
             for item in records:
                 try:
@@ -167,10 +172,4 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Campaign
     aggregator = CampaignAggregator(app, settings, live)
     install(app, aggregator, aggregator.input_topic)
     start_supervised(app, aggregator, live, "campaign-windows")
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def own_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
-        partitions = {tp.partition for tp in assigned if tp.topic == settings.campaign_input_topic}
-        aggregator.on_assigned(partitions, app.consumer_generation_id)
-
     return aggregator

@@ -566,10 +566,14 @@ class Fold(ChunkProcessor):
             self.cursors[partition] = offset - 1
         else:
             self.cursors[partition] = max(cursor, offset - 1)
-        if cursor < 0 or offset <= cursor + 1:
+        if offset <= cursor + 1:
             return []
+        # A partition never processed here (no cursor) that does not start at the beginning is read from the
+        # beginning (records its livestreams already applied are skipped by their own offsets).
         topic = self.settings.events_topic
         missed = await read_range(self.settings.kafka_bootstrap, topic, partition, cursor + 1, offset)
+        if not missed:
+            return []
         log.warning("offset gap on %s[%d]: re-read %d records from %d", topic, partition, len(missed), cursor + 1)
         self.live.offset_gaps += 1
         return missed
@@ -645,7 +649,6 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def own_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
         partitions = {tp.partition for tp in assigned if tp.topic == settings.events_topic}
-        fold.on_assigned(partitions, app.consumer_generation_id)
         live.owned_partitions = set(partitions)
         now_s = time.time()
         for partition in partitions:

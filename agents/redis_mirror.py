@@ -252,6 +252,10 @@ class RedisMirror:
             self._failing = True
             return
         if self._failing:
+            # Writes that failed are redone above; every livestream's hash is written once more as well (absolute
+            # values), in case the server lost acknowledged writes while it was away.
+            self.live.dirty |= set(self.live.channels)
+            self.live.changed.set()
             log.info("Redis reachable again; caught up")
         self._failing = False
         self.live.redis_flushes += 1

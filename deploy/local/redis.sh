@@ -24,7 +24,8 @@ start() {
   install
   if answers; then log "already answering"; return 0; fi
   mkdir -p "$run"
-  redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$run" --save "" --appendonly no \
+  # Append-only file: a restarted Redis comes back with what it had (the mirror then only writes what it missed).
+  redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$run" --save "" --appendonly yes \
     --pidfile "$run/redis.pid" --logfile "$run/redis.log" --protected-mode no
   local deadline=$((SECONDS + 20))
   until answers; do
