@@ -39,6 +39,10 @@ from faust.types import TP
 log = logging.getLogger(__name__)
 
 
+PRODUCER_BACKLOG = 5_000
+"""Records (changelog, outputs) the producer buffer may hold before processing waits for it to drain."""
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """Consecutive records of one partition from one fetch (aiokafka ``ConsumerRecord`` objects)."""
@@ -200,6 +204,11 @@ class ChunkProcessor:
                 valid = [c for c in chunks if owned.get(c.partition) == c.generation]
                 if valid:
                     await self.process_chunks(valid)
+                # Backpressure: table writes queue their changelog records in faust's producer buffer without
+                # waiting (faust's own streams wait for it per record); do not run ahead of it by much.
+                buffer = self.app.producer.buffer
+                if buffer.size > PRODUCER_BACKLOG:
+                    await buffer.flush_atmost(buffer.size - PRODUCER_BACKLOG // 2)
                 due = loop.time() - last_commit >= self.commit_interval_s
                 if due and (self._committer is None or self._committer.done()):
                     last_commit = loop.time()

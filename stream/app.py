@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=5,
         producer_max_batch_size=1_048_576,
         producer_max_request_size=8_388_608,  # dead letters carry the original record, up to MAX_RECORD_BYTES + slack
-        producer_compression_type=None,
+        producer_compression_type="lz4",
         consumer_max_fetch_size=8 * 1024 * 1024,
         table_cleanup_interval=3600.0,
         table_standby_replicas=settings.standby_replicas,
