@@ -226,7 +226,7 @@ class ChunkProcessor:
 
 
 class BulkConsumer(AIOKafkaFaustConsumer):
-    """faust's aiokafka consumer, delivering the bulk topic's records to :attr:`bulk_sink` in chunks."""
+    """faust's aiokafka consumer, delivering each bulk topic's records to its processor in :attr:`bulk_sinks`, in chunks."""
 
     bulk_sinks: dict[str, ChunkProcessor] = {}
 
