@@ -226,7 +226,7 @@ class ChunkProcessor:
 
 
 class BulkConsumer(AIOKafkaFaustConsumer):
-    """faust's aiokafka consumer, delivering each bulk topic's records to its processor in :attr:`bulk_sinks`, in chunks."""
+    """faust's aiokafka consumer: each bulk topic's records go, in chunks, to its processor in :attr:`bulk_sinks`."""
 
     bulk_sinks: dict[str, ChunkProcessor] = {}
 
