@@ -7,6 +7,7 @@ Nothing else in the project reads the environment. Topic names and the Redis key
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,13 @@ class Settings(BaseSettings):
 
     # Where things are.
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (every Kafka client of the project)"
+    )
+    kafka_sasl_mechanism: str = Field("SCRAM-SHA-512", description="SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name")
+    kafka_sasl_password_file: Path | None = Field(None, description="file holding the SASL password (never a flag)")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA certificate(s) that signed the brokers' certificates")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis serving layer")
     namespace: str = Field("livestream", description="prefix of topic names, the consumer group and Redis keys")
     data_dir: Path = Field(Path(".cache/worker"), description="worker state (RocksDB tables) root")
@@ -95,6 +103,30 @@ class Settings(BaseSettings):
     top_k_channels: int = Field(20, ge=0, description="per-livestream Prometheus series for the top K by GMV")
 
     log_level: str = "info"
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Keyword arguments for every aiokafka client (producer, consumer, admin): bootstrap and security.
+
+        The SASL password is read from ``kafka_sasl_password_file`` here, so it is never part of the settings'
+        printed form or the process arguments.
+        """
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            options["ssl_context"] = create_ssl_context(cafile=cafile)
+        if self.kafka_security_protocol.startswith("SASL_"):
+            password = self.kafka_sasl_password_file.read_text().strip() if self.kafka_sasl_password_file else ""
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=password,
+            )
+        return options
 
     @property
     def events_topic(self) -> str:
