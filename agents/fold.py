@@ -19,7 +19,9 @@ offset never runs ahead of the state it produced; on revocation the batch in pro
 
 Idle ticks: every ``idle_tick_s`` the worker appends a tick record (header ``livestream-tick``) to each events
 partition it owns. A tick runs the idle check for that partition's livestreams inside the ordinary ordered path,
-so closing the last windows of a finished stream needs no second writer of the table.
+so closing the last windows of a finished stream needs no second writer of the table. A tick carries the time since
+which the worker's Kafka connection has been healthy, and silence is counted from it at the earliest: after a broker
+outage no livestream is idle, or silent, before the producers had the idle timeout to come back.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from stream.alerts import (
     resolve_if_active,
     stream_down_gap_ms,
 )
-from stream.clock import PartitionClocks
+from stream.clock import PartitionClocks, TickHealth, quiet_ms
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
@@ -78,6 +80,23 @@ from stream.state import (
 log = logging.getLogger(__name__)
 TICK_HEADER = "livestream-tick"
 """Header that marks an idle-tick record (its key is the partition number; never a livestream's record)."""
+
+
+class _Tick(msgspec.Struct):
+    healthy_since_ms: int = -1
+
+
+_tick_decoder = msgspec.json.Decoder(_Tick)
+
+
+def tick_healthy_since(value: bytes | None) -> int:
+    """The ``healthy_since_ms`` a tick record carries (-1 when absent or unreadable: no floor)."""
+    try:
+        return _tick_decoder.decode(value or b"{}").healthy_since_ms
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return -1
+
+
 FORWARDED_HEADER = "livestream-forwarded-from"
 CURSOR_KEY = b"\x00cursor"
 """Key of a partition's cursor row in the event-ids table (id rows are ``channel|bucket``)."""
@@ -185,15 +204,21 @@ class Fold(ChunkProcessor):
         self.cursor_rows = self.id_rows
         self.cursors = self.processed
         self.contexts = {p: PartitionContext(settings.events_topic, p) for p in range(parts)}
-        self.emitted = EmittedIndex(settings.kafka_bootstrap, [settings.stats_1m_topic, settings.stats_hop_topic])
+        self.emitted = EmittedIndex(
+            settings.kafka_client_options(), [settings.stats_1m_topic, settings.stats_hop_topic]
+        )
         self.rules = load_rules(settings.alert_rules)
         self.alerts_topic = app.topic(settings.alerts_topic, partitions=parts, schema=raw_bytes())
-        self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
+        self.alert_index = AlertIndex(settings.kafka_client_options(), settings.alerts_topic)
         self.campaign_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
         self.clocks = PartitionClocks(settings.max_clock_lead_s * 1000)
         """Event-time clocks of owned events partitions (:mod:`stream.clock`)."""
         self.progress_sent: dict[int, tuple[int, bool]] = {}
         self.partition_wall: dict[int, int] = {}
+        self.tick_health = TickHealth(
+            healthy_since_ms=int(time.time() * 1000), outage_after_ms=int(max(settings.idle_tick_s, 5.0) * 1000)
+        )
+        self.tick_sends: list[Any] = []
         """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
         self.key_partitions: dict[bytes, int] = {}
         """Partition each record key maps to (murmur2), cached."""
@@ -231,7 +256,8 @@ class Fold(ChunkProcessor):
         bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
         effects = FoldEffects(gap_ms=stream_down_gap_ms(self.rules))
         touched: dict[str, ChannelState] = {}
-        ticks: dict[int, int] = {}
+        ticks: dict[int, tuple[int, int]] = {}  # per partition: the last tick's (wall time, healthy since)
+        tick_records = [0]
         contexts = self.contexts
         current = [0]  # the partition of the record being folded: the id rows' partition
 
@@ -272,14 +298,16 @@ class Fold(ChunkProcessor):
                         campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
                     )
 
-        def scan(partition: int, tick_ms: int) -> None:
-            changes.extend(self._scan_partition(partition, tick_ms, touched, close))
+        def scan(partition: int, tick_ms: int, healthy_since_ms: int = -1) -> None:
+            changes.extend(self._scan_partition(partition, tick_ms, touched, close, healthy_since_ms))
 
         def fold_record(record: Any, partition: int) -> None:
             key, value, headers = record.key, record.value, record.headers
             if headers and any(name == TICK_HEADER for name, _ in headers):
-                ticks[partition] = record.timestamp
-                scan(partition, record.timestamp)
+                healthy_since = tick_healthy_since(value)
+                ticks[partition] = (record.timestamp, healthy_since)
+                tick_records[0] += 1
+                scan(partition, record.timestamp, healthy_since)
                 return
             if key is not None and home(key) != partition:
                 forward.append(record)
@@ -391,7 +419,7 @@ class Fold(ChunkProcessor):
         live.add_viewers(effects.viewers)
         live.pending_closed.extend(closed for closed, _ in finals)
         live.windows_closed += len(finals)
-        live.records_processed += records_seen - len(ticks)
+        live.records_processed += records_seen - tick_records[0]
         live.events_processed += effects.applied_events
         live.redelivered_records += effects.redelivered_records
         live.duplicate_events += effects.duplicate_events
@@ -439,6 +467,7 @@ class Fold(ChunkProcessor):
         tick_ms: int,
         touched: dict[str, ChannelState],
         close: Callable[[ChannelState, int, int], None],
+        healthy_since_ms: int = -1,
     ) -> list[tuple[AlertChange, int]]:
         """The partition-level checks, at one record's position: ended livestreams whose last windows can close
         (:func:`stream.state.ended_watermark`), ``stream_down`` (:func:`stream.alerts.evaluate_silence`) and, at
@@ -446,7 +475,8 @@ class Fold(ChunkProcessor):
         Livestreams whose state is needed are loaded into ``touched``.
 
         At a tick a livestream's own clock also runs on with the wall time since its last record: the tick is
-        processed after every record produced before it.
+        processed after every record produced before it. Wall-clock silence is counted from the ticking worker's
+        ``healthy_since_ms`` at the earliest (:class:`stream.clock.TickHealth`): a Kafka outage is not silence.
         """
         rule = self.rules.stream_down
         spec, live = self.spec, self.live
@@ -470,7 +500,8 @@ class Fold(ChunkProcessor):
 
         for channel_id, item in candidates.items():
             open_windows = len(item.windows) if isinstance(item, ChannelState) else item.open_windows
-            if tick_ms >= 0 and open_windows and tick_ms - item.last_wall_ms >= spec.idle_timeout_ms:
+            quiet = quiet_ms(tick_ms, item.last_wall_ms, healthy_since_ms) if tick_ms >= 0 else -1
+            if open_windows and quiet >= spec.idle_timeout_ms:
                 state = state_of(channel_id)
                 close(state, idle_watermark(state, spec, tick_ms), partition)
                 open_windows = len(state.windows)
@@ -482,8 +513,8 @@ class Fold(ChunkProcessor):
             if not rule.enabled or "stream_down" in (item.alerts or ()) or item.concurrent < rule.min_viewers:
                 continue
             own_clock = silence_clock
-            if tick_ms >= 0 and item.last_wall_ms >= 0:
-                own_clock = max(own_clock, item.max_ts_ms + tick_ms - item.last_wall_ms)
+            if quiet >= 0 and item.last_wall_ms >= 0:
+                own_clock = max(own_clock, item.max_ts_ms + quiet)
             if own_clock - item.max_ts_ms < silence_ms:
                 continue
             state = state_of(channel_id)
@@ -517,7 +548,7 @@ class Fold(ChunkProcessor):
         ]
         return pending
 
-    async def _send_progress(self, partitions: set[int], ticks: dict[int, int]) -> None:
+    async def _send_progress(self, partitions: set[int], ticks: dict[int, tuple[int, int]]) -> None:
         """Tell the campaign aggregator how far each of these partitions has settled (when it changed).
 
         Only once the live snapshot holds every owned livestream (``ready``): before that a livestream with an open
@@ -528,10 +559,12 @@ class Fold(ChunkProcessor):
         pending = []
         spec = self.spec
         for partition in sorted(partitions):
-            tick_ms = ticks.get(partition)
-            # Idle = no record for the idle timeout since the newest record, or since this worker got the partition.
+            tick = ticks.get(partition)
+            tick_ms = tick[0] if tick is not None else None
+            # Idle = no record for the idle timeout since the newest record, since this worker got the partition and
+            # since the ticking worker's Kafka connection was last healthy.
             last_record = self.partition_wall.setdefault(partition, int(time.time() * 1000))
-            idle = tick_ms is not None and tick_ms - last_record >= spec.idle_timeout_ms
+            idle = tick is not None and quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms
             clock = self.clocks.clock(partition)
             mark = clock - spec.lateness_ms if clock >= 0 else -1
             bounds = self.live.open_bounds.get(partition, {})
@@ -571,7 +604,7 @@ class Fold(ChunkProcessor):
         # A partition never processed here (no cursor) that does not start at the beginning is read from the
         # beginning (records its livestreams already applied are skipped by their own offsets).
         topic = self.settings.events_topic
-        missed = await read_range(self.settings.kafka_bootstrap, topic, partition, cursor + 1, offset)
+        missed = await read_range(self.settings.kafka_client_options(), topic, partition, cursor + 1, offset)
         if not missed:
             return []
         log.warning("offset gap on %s[%d]: re-read %d records from %d", topic, partition, len(missed), cursor + 1)
@@ -602,12 +635,26 @@ class Fold(ChunkProcessor):
         return pending
 
     async def send_ticks(self) -> None:
-        """Append an idle-tick record to every owned events partition (see the module docstring)."""
-        value = msgspec.json.encode({"type": "tick", "wall_ms": int(time.time() * 1000)})
+        """Append an idle-tick record to every owned events partition (see the module docstring), unless the
+        previous round is not acknowledged yet (then Kafka is slow or away: :class:`stream.clock.TickHealth`)."""
+        now_ms = int(time.time() * 1000)
+        previous = self.tick_sends
+        done = all(f.done() for f in previous)
+        failed = done and any(f.cancelled() or f.exception() is not None for f in previous)
+        if not self.tick_health.may_send(now_ms, done, failed):
+            return
+        self.tick_health.sent(now_ms)
+        value = msgspec.json.encode(
+            {"type": "tick", "wall_ms": now_ms, "healthy_since_ms": self.tick_health.healthy_since_ms}
+        )
+        sends = []
         for partition in sorted(self.owned):
-            await self.events_topic.send(
-                key=str(partition).encode(), value=value, partition=partition, headers=[(TICK_HEADER, b"1")]
+            sends.append(
+                await self.events_topic.send(
+                    key=str(partition).encode(), value=value, partition=partition, headers=[(TICK_HEADER, b"1")]
+                )
             )
+        self.tick_sends = sends
 
 
 def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:

@@ -67,3 +67,46 @@ class PartitionClocks:
         self.newest.pop(partition, None)
         self.top.pop(partition, None)
         self.scanned_at.pop(partition, None)
+
+
+@dataclass
+class TickHealth:
+    """Whether this worker's idle ticks reach Kafka promptly, and since when they have.
+
+    Idle ticks measure silence by wall clock. While Kafka is unreachable no producer's records arrive, so every
+    livestream would look silent; a tick written after the outage would then close windows whose events are still
+    on their way (the producers reconnect after the worker) and page ``stream_down`` for every livestream. So each
+    tick carries ``healthy_since_ms``: the wall time since which this worker's ticks were acknowledged without an
+    outage (at the latest its start). Silence is measured from the later of a livestream's last record and that.
+
+    A tick round is *in outage* when the previous round is still unacknowledged ``outage_after_ms`` after it was
+    sent, or failed; no new ticks are written until it completes, and ``healthy_since_ms`` then restarts at the
+    moment it did. Outages shorter than ``outage_after_ms`` are not excluded (keep idle timeouts well above it).
+    """
+
+    healthy_since_ms: int
+    outage_after_ms: int
+    pending_since_ms: int | None = None
+    in_outage: bool = False
+
+    def may_send(self, now_ms: int, previous_done: bool, previous_failed: bool = False) -> bool:
+        """Called at each tick round with the state of the previous round's sends; True if a round may be sent."""
+        if previous_failed:
+            self.in_outage = True
+        if not previous_done:
+            if self.pending_since_ms is not None and now_ms - self.pending_since_ms >= self.outage_after_ms:
+                self.in_outage = True
+            return False
+        if self.in_outage:
+            self.in_outage = False
+            self.healthy_since_ms = now_ms
+        return True
+
+    def sent(self, now_ms: int) -> None:
+        self.pending_since_ms = now_ms
+
+
+def quiet_ms(tick_ms: int, last_record_wall_ms: int, healthy_since_ms: int) -> int:
+    """Wall-clock silence of a livestream (or partition) at a tick: since its last record and since the ticking
+    worker's Kafka connection was last healthy (:class:`TickHealth`), whichever is later."""
+    return tick_ms - max(last_record_wall_ms, healthy_since_ms)

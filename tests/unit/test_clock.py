@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream.clock import PartitionClocks
+from stream.clock import PartitionClocks, TickHealth, quiet_ms
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcde"), st.integers(0, 10_000)), min_size=1, max_size=60))
@@ -38,3 +38,30 @@ def test_checks_are_due_when_the_clock_moved_a_second() -> None:
     clocks.scanned(0)
     assert not clocks.advance(0, "a", 10_999)
     assert clocks.advance(0, "b", 11_000)
+
+
+def test_a_kafka_outage_restarts_the_healthy_time_of_ticks() -> None:
+    health = TickHealth(healthy_since_ms=0, outage_after_ms=5_000)
+    assert health.may_send(1_000, previous_done=True)
+    health.sent(1_000)
+    assert not health.may_send(2_000, previous_done=False), "no new round while the last one is unacknowledged"
+    assert health.healthy_since_ms == 0, "a slow acknowledgement is not an outage yet"
+    assert not health.may_send(7_000, previous_done=False)
+    assert health.may_send(9_000, previous_done=True)
+    assert health.healthy_since_ms == 9_000, "after the outage silence counts from when ticks got through again"
+    health.sent(9_000)
+    assert health.may_send(10_000, previous_done=True)
+    assert health.healthy_since_ms == 9_000
+
+
+def test_a_failed_round_is_an_outage() -> None:
+    health = TickHealth(healthy_since_ms=0, outage_after_ms=5_000)
+    health.sent(1_000)
+    assert health.may_send(2_000, previous_done=True, previous_failed=True)
+    assert health.healthy_since_ms == 2_000
+
+
+def test_quiet_time_counts_from_the_later_of_last_record_and_healthy_time() -> None:
+    assert quiet_ms(100_000, 40_000, -1) == 60_000
+    assert quiet_ms(100_000, 40_000, 90_000) == 10_000
+    assert quiet_ms(100_000, 95_000, 90_000) == 5_000
