@@ -51,8 +51,8 @@ class CampaignAggregator(ChunkProcessor):
         self.table = raw_table(app, "campaign-state", 1, "campaign aggregator state", settings)
         self.states = PartitionedTable(self.table)
         self.context = PartitionContext(settings.campaign_input_topic, 0)
-        self.emitted = CampaignEmitted(settings.kafka_bootstrap, settings.campaign_stats_topic)
-        self.alert_index = AlertIndex(settings.kafka_bootstrap, settings.alerts_topic)
+        self.emitted = CampaignEmitted(settings.kafka_client_options(), settings.campaign_stats_topic)
+        self.alert_index = AlertIndex(settings.kafka_client_options(), settings.alerts_topic)
 
     def forget(self, partitions: set[int]) -> None:
         super().forget(partitions)
@@ -79,8 +79,8 @@ class CampaignAggregator(ChunkProcessor):
             if message.offset > state.last_offset + 1:
                 # Records this state never saw (delivered to an owner whose state change was lost, or a fresh state
                 # starting past the beginning): read them from Kafka; a fresh state reads from the beginning.
-                bootstrap = self.settings.kafka_bootstrap
-                missed = await read_range(bootstrap, topic, 0, state.last_offset + 1, message.offset)
+                kafka = self.settings.kafka_client_options()
+                missed = await read_range(kafka, topic, 0, state.last_offset + 1, message.offset)
                 if missed:
                     log.warning(
                         "campaign input: state at offset %d, next record %d: re-read %d records",

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -35,8 +36,8 @@ class CampaignEmitted:
     A campaign minute can be emitted again as a correction (a higher revision), and a minute can be emitted after
     later ones, so this keeps every record's identity (a fair has a few hundred)."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: Mapping[str, Any], topic: str) -> None:
+        self.kafka = kafka
         self.topic = topic
         self.seen: set[tuple[str, int, int]] = set()
         self.loaded = False
@@ -54,7 +55,7 @@ class CampaignEmitted:
     async def load(self) -> None:
         if self.loaded:
             return
-        for record in await read_to_end(self.bootstrap, self.topic, {0}):
+        for record in await read_to_end(self.kafka, self.topic, {0}):
             if record.value is not None:
                 window = msgspec.json.decode(record.value, type=CampaignWindowStats)
                 self.mark(window.campaign, window.window_start_ms, window.revision)
@@ -66,11 +67,11 @@ class EmittedIndex:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: Mapping[str, Any],
         topics: list[str],
         identity: Callable[[bytes], tuple[str, int, int]] = window_identity,
     ) -> None:
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.topics = topics
         self.identity = identity
         self.newest: dict[tuple[str, int], int] = {}
@@ -94,7 +95,7 @@ class EmittedIndex:
             return
         started = time.monotonic()
         count = 0
-        per_topic = await asyncio.gather(*(read_to_end(self.bootstrap, topic, partitions) for topic in self.topics))
+        per_topic = await asyncio.gather(*(read_to_end(self.kafka, topic, partitions) for topic in self.topics))
         for records in per_topic:
             for record in records:
                 if record.value is not None:
@@ -113,8 +114,8 @@ class AlertIndex:
     twice. Alert records of a livestream go to its events partition, so each owner reads only its own.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: Mapping[str, Any], topic: str) -> None:
+        self.kafka = kafka
         self.topic = topic
         self.seen: set[tuple[str, str]] = set()
         self.loaded: set[int] = set()
@@ -132,7 +133,7 @@ class AlertIndex:
         partitions = partitions - self.loaded
         if not partitions:
             return
-        for record in await read_to_end(self.bootstrap, self.topic, partitions):
+        for record in await read_to_end(self.kafka, self.topic, partitions):
             if record.value is not None:
                 alert = msgspec.json.decode(record.value, type=AlertRecord)
                 self.mark(alert.alert_id, alert.status)

@@ -9,6 +9,7 @@ Only partitions without any committed offset are touched, so restarts and extra 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -22,8 +23,48 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class KafkaUnavailableError(RuntimeError):
+    """No bootstrap server could be reached and authenticated with the settings' security options."""
+
+
+async def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Open (and close) one authenticated connection to a bootstrap server, or raise :class:`KafkaUnavailableError`
+    naming each server's cause: refused, TLS verification failed, SASL authentication failed, timed out.
+
+    aiokafka's own clients only say "Unable to bootstrap" (the cause goes to a log line), and faust retries a
+    failing broker for ever; this check turns wrong credentials into one clear error at startup.
+    """
+    from aiokafka.conn import create_conn
+
+    options = settings.kafka_client_options()
+    options.pop("bootstrap_servers")
+    causes: list[str] = []
+    for server in settings.kafka_bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(host, int(port), request_timeout_ms=int(timeout_s * 1000), **options), timeout_s
+            )
+        except TimeoutError:
+            causes.append(f"{server}: no answer within {timeout_s:.0f} s")
+            continue
+        except Exception as exc:
+            causes.append(f"{server}: {type(exc).__name__}: {exc}")
+            continue
+        conn.close()
+        return
+    who = (
+        f", SASL {settings.kafka_sasl_mechanism} user {settings.kafka_sasl_username!r}"
+        if (settings.kafka_security_protocol.startswith("SASL_"))
+        else ""
+    )
+    raise KafkaUnavailableError(
+        f"cannot connect to Kafka ({settings.kafka_security_protocol}{who}): " + "; ".join(causes)
+    )
+
+
 async def ensure_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
     await admin.start()
     try:
         wanted = [
@@ -47,9 +88,7 @@ async def ensure_topics(settings: Settings) -> None:
 
 async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
     """Commit the beginning offset for every events partition the group has never committed; returns those."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=settings.app_id, enable_auto_commit=False
-    )
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options(), group_id=settings.app_id, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(settings.events_topic, p) for p in range(settings.partitions)]
@@ -67,6 +106,7 @@ async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
 
 
 async def prepare_kafka(settings: Settings) -> None:
+    await check_kafka(settings)
     await ensure_topics(settings)
     try:
         await commit_initial_offsets(settings)

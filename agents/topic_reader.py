@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
 async def read_to_end(
-    bootstrap: str, topic: str, partitions: set[int] | None = None, timeout_s: float = 60.0
+    kafka: Mapping[str, Any], topic: str, partitions: set[int] | None = None, timeout_s: float = 60.0
 ) -> list[Any]:
     """Every record (aiokafka ``ConsumerRecord``) below the end offsets seen at the start, by partition and offset.
 
+    ``kafka``: the aiokafka client options (bootstrap servers and security), ``Settings.kafka_client_options()``.
+
     Seeks explicitly to the beginning offsets: a lazy ``seek_to_beginning`` can lose to the default offset reset.
     """
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024
-    )
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024)
     try:
+        await consumer.start()
         if partitions is None:  # learn the topic's partitions (a metadata request for every topic of the cluster)
             await consumer._client.force_metadata_update()
             known = consumer.partitions_for_topic(topic) or set()
@@ -50,13 +51,11 @@ async def read_to_end(
         await consumer.stop()
 
 
-async def read_range(bootstrap: str, topic: str, partition: int, start: int, end: int) -> list[Any]:
+async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start: int, end: int) -> list[Any]:
     """Records ``start <= offset < end`` of one partition (fewer if some were deleted by retention)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024
-    )
-    await consumer.start()
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024)
     try:
+        await consumer.start()
         tp = TopicPartition(topic, partition)
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]

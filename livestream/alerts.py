@@ -18,7 +18,7 @@ from stream.settings import Settings
 
 def alert_history(settings: Settings) -> list[dict[str, Any]]:
     """Every record of the alerts topic, in event-time order of the transitions."""
-    records = asyncio.run(read_to_end(settings.kafka_bootstrap, settings.alerts_topic))
+    records = asyncio.run(read_to_end(settings.kafka_client_options(), settings.alerts_topic))
     alerts = [msgspec.to_builtins(msgspec.json.decode(r.value, type=AlertRecord)) for r in records if r.value]
     return sorted(alerts, key=lambda a: (a["at_ms"], a["alert_id"], a["status"] == "resolved"))
 

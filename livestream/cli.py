@@ -25,6 +25,8 @@ services_app = typer.Typer(help="Local real services: Kafka (KRaft) and Redis.",
 app.add_typer(services_app, name="services")
 dlq_app = typer.Typer(help="Dead letters: records that could not be decoded or validated.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+gateway_app = typer.Typer(help="HTTP ingestion gateway: POST /v1/events into the events topic.")
+app.add_typer(gateway_app, name="gateway")
 
 
 class _State:
@@ -100,11 +102,50 @@ def replay(
     seed: Annotated[int, typer.Option(help="random seed: same seed, same events")] = 7,
     speed: Annotated[float, typer.Option(help="0 = as fast as possible, N = N times real time")] = 0.0,
     batch: Annotated[int, typer.Option(help="events per batch envelope record (1 = one event per record)")] = 500,
+    via: Annotated[
+        str | None, typer.Option(help="send through the ingestion gateway at this URL (e.g. http://127.0.0.1:8080)")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="bearer token for --via", envvar="LIVESTREAM_GATEWAY_TOKEN", show_default=False)
+    ] = None,
+    connections: Annotated[int, typer.Option(help="concurrent connections to the gateway (--via)")] = 8,
 ) -> None:
-    """Replay the OCOP fair into the events topic; the last line is the oracle (expected totals) as JSON."""
+    """Replay the OCOP fair into the events topic; the last line is the oracle (expected totals) as JSON.
+
+    With --via, the fair goes through the ingestion gateway as NDJSON requests of --batch events."""
     from livestream.producer import replay_fair
 
     settings = _State.settings()
+    if via is not None:
+        if not token:
+            raise typer.BadParameter("--via needs --token (or LIVESTREAM_GATEWAY_TOKEN)", param_hint="--token")
+        from livestream.gateway_client import replay_via_gateway
+        from livestream.producer import progress_printer
+        from stream.replay.profile import OCOP_FAIR, scaled
+
+        profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
+        minutes = (profile.end_ms - profile.start_ms) // 60_000
+        sent = asyncio.run(
+            replay_via_gateway(
+                via,
+                token,
+                profile,
+                seed,
+                batch=batch,
+                connections=connections,
+                speed=speed,
+                on_minute=progress_printer(minutes),
+            )
+        )
+        line = {
+            **sent.oracle.summary(),
+            "events": sent.events,
+            "requests": sent.requests,
+            "retries": sent.retries,
+            "produce_seconds": round(sent.seconds, 3),
+        }
+        print(json.dumps(line))
+        return
 
     async def run() -> None:
         result = await replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True)
@@ -129,12 +170,24 @@ def demo(
     batch: Annotated[int, typer.Option(help="events per batch envelope (1 = single events)")] = 500,
     speed: Annotated[float, typer.Option(help="0 = as fast as possible, N = N times real time")] = 0.0,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the pipeline to catch up")] = 900.0,
+    via_gateway: Annotated[
+        bool, typer.Option("--via-gateway", help="start an ingestion gateway too and send the fair through it")
+    ] = False,
 ) -> None:
     """Services up, a worker, the full fair replayed, then live counters read back from Redis and /metrics."""
     from livestream.demo import run_demo
 
     raise typer.Exit(
-        run_demo(_State.overrides, once=once, scale=scale, seed=seed, batch=batch, speed=speed, timeout=timeout)
+        run_demo(
+            _State.overrides,
+            once=once,
+            scale=scale,
+            seed=seed,
+            batch=batch,
+            speed=speed,
+            timeout=timeout,
+            via_gateway=via_gateway,
+        )
     )
 
 
@@ -148,7 +201,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="skip a step (repeatable): drain, passthrough, quix, single, batch, latency, memory, fair, scaling, "
-            "takeover"
+            "takeover, gateway"
         ),
     ] = None,
     latency_seconds: Annotated[float, typer.Option(help="how long to send events for the latency step")] = 20.0,
@@ -160,6 +213,7 @@ def bench(
         "1000,10000,100000"
     ),
     fair_scale: Annotated[float, typer.Option(help="scale of the full fair replay step")] = 1.0,
+    gateway_scale: Annotated[float, typer.Option(help="scale of the fair sent through the gateway step")] = 0.3,
     keep: Annotated[bool, typer.Option(help="keep the bench namespaces' topics, Redis keys and files")] = False,
     strict: Annotated[bool, typer.Option(help="exit 2 if a measured target is missed")] = False,
 ) -> None:
@@ -182,6 +236,7 @@ def bench(
         latency_seconds=latency_seconds,
         memory_sizes=tuple(int(n) for n in memory_sizes.split(",") if n.strip()),
         fair_scale=fair_scale,
+        gateway_scale=gateway_scale,
         partitions=_State.overrides.get("partitions", 4),
         keep=keep,
         base=base,
@@ -258,7 +313,7 @@ def dlq_inspect(
     from livestream.dlq import read_dead_letters
 
     settings = _State.settings()
-    records = asyncio.run(read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic, reason))
+    records = asyncio.run(read_dead_letters(settings.kafka_client_options(), settings.dlq_topic, reason))
     shown = records[-limit:] if limit > 0 else records
     if as_json:
         for record in shown:
@@ -289,15 +344,75 @@ def dlq_replay(
     from livestream.dlq import read_dead_letters, replay_dead_letters
 
     settings = _State.settings()
-    records = asyncio.run(read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic, reason))
+    records = asyncio.run(read_dead_letters(settings.kafka_client_options(), settings.dlq_topic, reason))
     if not records:
         print("no dead letters to replay")
         return
     if not yes:
         typer.confirm(f"re-inject {len(records)} records into {settings.events_topic}?", abort=True)
-    count = asyncio.run(replay_dead_letters(settings.kafka_bootstrap, records, settings.events_topic))
+    count = asyncio.run(replay_dead_letters(settings.kafka_client_options(), records, settings.events_topic))
     print(json.dumps({"replayed": count, "topic": settings.events_topic}))
 
 
+@gateway_app.callback(invoke_without_command=True)
+def gateway(ctx: typer.Context) -> None:
+    """Run the ingestion gateway in the foreground (LIVESTREAM_GATEWAY_HOST/PORT, sources from
+    LIVESTREAM_GATEWAY_TOKENS_FILE and/or LIVESTREAM_GATEWAY_TOKENS)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from livestream.gateway import run_gateway
+    from stream.ingest import TokenError
+
+    try:
+        run_gateway(_State.settings())
+    except TokenError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
+@gateway_app.command("hash-token")
+def gateway_hash_token(
+    source: Annotated[str, typer.Option(help="source name for the TOML snippet")] = "my-source",
+    campaign: Annotated[list[str] | None, typer.Option(help="campaign the token may send (repeatable)")] = None,
+    generate: Annotated[
+        bool, typer.Option("--generate", help="make a new random token and print it once (else read it from stdin)")
+    ] = False,
+) -> None:
+    """Print the SHA-256 of a bearer token as a [sources.NAME] table for the tokens file.
+
+    The token is read from standard input (never a flag, so it stays out of the shell history and process list),
+    or made up with --generate and printed to stderr once: only the hash is stored.
+    """
+    from stream.ingest import generate_token, hash_token
+
+    if generate:
+        token = generate_token()
+        print(f"token (give it to the source, it is not stored): {token}", file=sys.stderr)
+    else:
+        token = sys.stdin.readline().strip()
+        if not token:
+            print("no token on standard input", file=sys.stderr)
+            raise typer.Exit(2)
+    campaigns = ", ".join(json.dumps(c) for c in campaign or ["CAMPAIGN"])
+    print(f'[sources.{json.dumps(source)}]\ntoken_sha256 = "{hash_token(token)}"\ncampaigns = [{campaigns}]')
+
+
 def main() -> None:
-    app()
+    from aiokafka.errors import KafkaConnectionError
+
+    from agents.startup import KafkaUnavailableError, check_kafka
+
+    try:
+        app()
+    except KafkaUnavailableError as exc:
+        print(f"livestream: {exc}", file=sys.stderr)
+        sys.exit(3)
+    except KafkaConnectionError as exc:
+        # aiokafka hides the cause ("Unable to bootstrap"): find it with one direct connection.
+        message = str(exc)
+        try:
+            asyncio.run(check_kafka(_State.settings()))
+        except KafkaUnavailableError as cause:
+            message = str(cause)
+        print(f"livestream: {message}", file=sys.stderr)
+        sys.exit(3)

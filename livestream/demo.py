@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from multiprocessing import resource_tracker
 from pathlib import Path
 from types import FrameType
@@ -178,8 +178,8 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
-async def _delete_topics(bootstrap: str, prefix_pattern: re.Pattern[str], keep: str) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _delete_topics(kafka: Mapping[str, Any], prefix_pattern: re.Pattern[str], keep: str) -> list[str]:
+    admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     try:
         old = [t for t in await admin.list_topics() if prefix_pattern.match(t) and not t.startswith(keep)]
@@ -194,7 +194,7 @@ def remove_earlier_demos(settings: Settings) -> None:
     """Delete the topics, Redis keys and state folders of earlier ``demo<unix time>`` namespaces (best effort)."""
     pattern = re.compile(r"^demo\d+[.-]")
     try:
-        topics = asyncio.run(_delete_topics(settings.kafka_bootstrap, pattern, settings.namespace))
+        topics = asyncio.run(_delete_topics(settings.kafka_client_options(), pattern, settings.namespace))
         client = redis.Redis.from_url(settings.redis_url)
         key_pattern = re.compile(r"^demo\d+:")
         keys = [
@@ -252,7 +252,7 @@ def wait_caught_up(
         if current != last:
             last, stable_since = current, now
         elif now - stable_since > 15:
-            lag = asyncio.run(consumer_lag(settings.kafka_bootstrap, settings.app_id, settings.events_topic))
+            lag = asyncio.run(consumer_lag(settings.kafka_client_options(), settings.app_id, settings.events_topic))
             if lag == 0:
                 return current
         if now > deadline:
@@ -273,15 +273,40 @@ def read_metrics(port: int) -> dict[str, float]:
 
 
 def run_demo(
-    overrides: dict[str, Any], *, once: bool, scale: float, seed: int, batch: int, speed: float, timeout: float
+    overrides: dict[str, Any],
+    *,
+    once: bool,
+    scale: float,
+    seed: int,
+    batch: int,
+    speed: float,
+    timeout: float,
+    via_gateway: bool = False,
 ) -> int:
     """The demo; its exit code (0 exact, 1 mismatch with ``--once``, 2 port in use; 143/130 on SIGTERM/SIGINT)."""
     with children_stopped_on_signals():
-        return _run_demo(overrides, once=once, scale=scale, seed=seed, batch=batch, speed=speed, timeout=timeout)
+        return _run_demo(
+            overrides,
+            once=once,
+            scale=scale,
+            seed=seed,
+            batch=batch,
+            speed=speed,
+            timeout=timeout,
+            via_gateway=via_gateway,
+        )
 
 
 def _run_demo(
-    overrides: dict[str, Any], *, once: bool, scale: float, seed: int, batch: int, speed: float, timeout: float
+    overrides: dict[str, Any],
+    *,
+    once: bool,
+    scale: float,
+    seed: int,
+    batch: int,
+    speed: float,
+    timeout: float,
+    via_gateway: bool = False,
 ) -> int:
     namespace = overrides.get("namespace") or f"demo{int(time.time())}"
     settings = Settings(
@@ -308,7 +333,10 @@ def _run_demo(
             f"metrics http://127.0.0.1:{settings.web_port}/metrics; replaying the fair"
         )
         started = time.monotonic()
-        result = asyncio.run(replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True))
+        if via_gateway:
+            result = _replay_via_gateway(settings, profile, seed=seed, batch=batch, speed=speed)
+        else:
+            result = asyncio.run(replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True))
         expected = result.oracle.summary()
         log(
             f"produced {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s; "
@@ -337,6 +365,58 @@ def _run_demo(
         return 0
     finally:
         stop_process(worker, grace_s=60)
+
+
+def start_gateway(settings: Settings, token: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``livestream gateway`` for ``settings`` with one source (``token``, every campaign of the fair);
+    returns the process and its URL once it is ready."""
+    from stream.ingest import hash_token
+
+    port = settings.gateway_port if not port_in_use(settings.gateway_port) else _free_port()
+    campaigns = json.dumps([OCOP_FAIR.campaign])
+    env = dict(os.environ)
+    env.update(
+        LIVESTREAM_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+        LIVESTREAM_NAMESPACE=settings.namespace,
+        LIVESTREAM_PARTITIONS=str(settings.partitions),
+        LIVESTREAM_GATEWAY_PORT=str(port),
+        LIVESTREAM_GATEWAY_TOKENS=f'sources.demo = {{token_sha256 = "{hash_token(token)}", campaigns = {campaigns}}}',
+    )
+    env.pop("LIVESTREAM_GATEWAY_TOKENS_FILE", None)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "livestream", "gateway"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/readyz", 60, proc)
+    return proc, url
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _replay_via_gateway(settings: Settings, profile: Any, *, seed: int, batch: int, speed: float) -> Any:
+    """The fair sent through a gateway started for the demo; a result with the fields the demo reports."""
+    from livestream.gateway_client import replay_via_gateway
+    from livestream.producer import ReplayResult, progress_printer
+    from stream.ingest import generate_token
+
+    token = generate_token()
+    gateway, url = start_gateway(settings, token, settings.data_dir / "gateway.log")
+    try:
+        log(f"gateway up at {url}; sending the fair through it")
+        minutes = (profile.end_ms - profile.start_ms) // 60_000
+        sent = asyncio.run(
+            replay_via_gateway(url, token, profile, seed, batch=batch, speed=speed, on_minute=progress_printer(minutes))
+        )
+    finally:
+        stop_process(gateway)
+    return ReplayResult(oracle=sent.oracle, records=sent.requests, events=sent.events, seconds=sent.seconds)
 
 
 def _serve(

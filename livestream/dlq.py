@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -31,19 +33,19 @@ class DeadLetterRecord:
         }
 
 
-async def read_dead_letters(bootstrap: str, topic: str, reason: str | None = None) -> list[DeadLetterRecord]:
+async def read_dead_letters(kafka: Mapping[str, Any], topic: str, reason: str | None = None) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topic (optionally only one ``error`` reason), oldest first."""
     out: list[DeadLetterRecord] = []
-    for r in await read_to_end(bootstrap, topic):
+    for r in await read_to_end(kafka, topic):
         headers = {k: bytes(v).decode("utf-8", "replace") for k, v in r.headers}
         if reason is None or headers.get("error") == reason:
             out.append(DeadLetterRecord(r.partition, r.offset, r.key, r.value, headers))
     return out
 
 
-async def replay_dead_letters(bootstrap: str, records: list[DeadLetterRecord], events_topic: str) -> int:
+async def replay_dead_letters(kafka: Mapping[str, Any], records: list[DeadLetterRecord], events_topic: str) -> int:
     """Produce the original records back to the events topic (same key and value); returns how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, max_request_size=8_388_608)
+    producer = AIOKafkaProducer(**kafka, enable_idempotence=True, max_request_size=8_388_608)
     await producer.start()
     try:
         for record in records:

@@ -6,19 +6,22 @@ This is the group's view (what is committed), for every partition of the topic w
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 
-async def partition_lag(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int, int, int]]:
+async def partition_lag(kafka: Mapping[str, Any], group: str, topic: str) -> dict[int, tuple[int, int, int]]:
     """Every partition of ``topic`` -> ``(end offset, committed offset or -1, lag)``.
 
     A partition ``group`` has not committed yet counts its lag from its beginning offset (records removed by
     retention were never there to process), so a new group on a topic with records shows them as lag, not 0.
     An unknown topic gives ``{}``.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
+    admin = AIOKafkaAdminClient(**kafka)
     await consumer.start()
     try:
         await admin.start()
@@ -47,6 +50,6 @@ async def partition_lag(bootstrap: str, group: str, topic: str) -> dict[int, tup
         await consumer.stop()
 
 
-async def consumer_lag(bootstrap: str, group: str, topic: str) -> int:
+async def consumer_lag(kafka: Mapping[str, Any], group: str, topic: str) -> int:
     """Total records of ``topic`` not yet committed by ``group`` (:func:`partition_lag` summed)."""
-    return sum(lag for _, _, lag in (await partition_lag(bootstrap, group, topic)).values())
+    return sum(lag for _, _, lag in (await partition_lag(kafka, group, topic)).values())

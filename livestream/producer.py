@@ -12,7 +12,7 @@ import asyncio
 import multiprocessing
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,7 +76,7 @@ def _generate_in_child(profile: FairProfile, seed: int, batch: int, queue: Any) 
 
 async def produce_replay(
     replay: Replay,
-    bootstrap: str,
+    kafka: Mapping[str, Any],
     topic: str,
     *,
     batch: int = 1,
@@ -89,14 +89,14 @@ async def produce_replay(
         for item in encode_minutes(replay, batch):
             yield item
 
-    result = await _produce(minutes(), bootstrap, topic, speed=speed, on_minute=on_minute)
+    result = await _produce(minutes(), kafka, topic, speed=speed, on_minute=on_minute)
     return ReplayResult(oracle=replay.oracle, records=result[0], events=result[1], seconds=result[2])
 
 
 async def produce_generated_fair(
     profile: FairProfile,
     seed: int,
-    bootstrap: str,
+    kafka: Mapping[str, Any],
     topic: str,
     *,
     batch: int = 1,
@@ -121,7 +121,7 @@ async def produce_generated_fair(
             yield item
 
     try:
-        records, events, seconds = await _produce(minutes(), bootstrap, topic, speed=speed, on_minute=on_minute)
+        records, events, seconds = await _produce(minutes(), kafka, topic, speed=speed, on_minute=on_minute)
     finally:
         child.join(30)
         if child.is_alive():
@@ -133,7 +133,7 @@ async def produce_generated_fair(
 
 async def _produce(
     minutes: AsyncIterator[EncodedMinute],
-    bootstrap: str,
+    kafka: Mapping[str, Any],
     topic: str,
     *,
     speed: float,
@@ -141,7 +141,7 @@ async def _produce(
 ) -> tuple[int, int, float]:
     """Send every record, minute by minute (``speed`` N: N times real time; 0: as fast as possible)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka,
         enable_idempotence=True,
         acks="all",
         linger_ms=5,
@@ -189,7 +189,7 @@ async def replay_fair(
     return await produce_generated_fair(
         profile,
         seed,
-        settings.kafka_bootstrap,
+        settings.kafka_client_options(),
         settings.events_topic,
         batch=batch,
         speed=speed,

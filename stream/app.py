@@ -9,9 +9,31 @@ Choices that matter (see ANCHORS in the docs):
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from stream.settings import Settings
+
+
+def broker_credentials(settings: Settings) -> Any:
+    """faust's form of the Kafka security settings (``None`` for PLAINTEXT): the same options as every other client.
+
+    faust hands these to each aiokafka client it creates (consumer, producer, topic creation)."""
+    options = settings.kafka_client_options()
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            ssl_context=options.get("ssl_context"),
+            mechanism=options["sasl_mechanism"],
+        )
+    raise ValueError(f"unsupported kafka_security_protocol {protocol!r}")
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -19,6 +41,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         autodiscover=False,

@@ -70,11 +70,17 @@ class Pipeline:
     ports: list[int] = field(default_factory=list)
 
     def settings(self, **more: Any) -> Settings:
+        # Kafka connection settings given to the workers (e.g. SASL_SSL) apply to this process's clients too.
+        kafka = {
+            name.removeprefix("LIVESTREAM_").lower(): value
+            for name, value in self.extra_env.items()
+            if name.startswith("LIVESTREAM_KAFKA_")
+        }
         return Settings(
             namespace=self.namespace,
             partitions=self.partitions,
             data_dir=self.root / "worker-0",
-            **more,
+            **{**kafka, **more},
         )
 
     # Workers -------------------------------------------------------------------------------------------------
@@ -145,7 +151,7 @@ class Pipeline:
         async def run() -> None:
             await ensure_topics(settings)
             producer = AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, max_request_size=8_388_608
+                **settings.kafka_client_options(), enable_idempotence=True, max_request_size=8_388_608
             )
             await producer.start()
             try:
@@ -158,7 +164,7 @@ class Pipeline:
 
     def read_topic(self, topic: str, timeout: float = 30) -> list[KafkaRecord]:
         """Every record of ``topic`` from the beginning to its current end."""
-        records = asyncio.run(read_to_end(self.settings().kafka_bootstrap, topic, timeout_s=timeout))
+        records = asyncio.run(read_to_end(self.settings().kafka_client_options(), topic, timeout_s=timeout))
         return [
             KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value, {k: bytes(v) for k, v in r.headers})
             for r in records
@@ -175,7 +181,7 @@ class Pipeline:
 
     def lag(self) -> int:
         s = self.settings()
-        return asyncio.run(consumer_lag(s.kafka_bootstrap, s.app_id, s.events_topic))
+        return asyncio.run(consumer_lag(s.kafka_client_options(), s.app_id, s.events_topic))
 
     # Redis ---------------------------------------------------------------------------------------------------
     def redis(self) -> redis.Redis:

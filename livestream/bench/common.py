@@ -199,9 +199,9 @@ def run_child(module: str, args: list[str], result_path: Path, log_path: Path, t
     return ChildResult.read(result_path)
 
 
-async def topic_offsets(bootstrap: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+async def topic_offsets(kafka: Mapping[str, Any], topic: str) -> tuple[dict[int, int], dict[int, int]]:
     """Beginning and end offsets of every partition of ``topic``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False)
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic)
@@ -216,8 +216,8 @@ async def topic_offsets(bootstrap: str, topic: str) -> tuple[dict[int, int], dic
         await consumer.stop()
 
 
-async def _delete_topics(bootstrap: str, namespace: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def _delete_topics(kafka: Mapping[str, Any], namespace: str) -> int:
+    admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if namespace in t]
@@ -228,13 +228,29 @@ async def _delete_topics(bootstrap: str, namespace: str) -> int:
         await admin.close()
 
 
-def _delete_groups(bootstrap: str, namespace: str) -> int:
+def _delete_groups(settings: Settings, namespace: str) -> int:
     """Delete the consumer groups named after ``namespace`` (needs confluent-kafka, a quixstreams dependency)."""
     try:
         from confluent_kafka.admin import AdminClient
     except ImportError:
         return 0
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    options = settings.kafka_client_options()
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": settings.kafka_security_protocol,
+        "log_level": 3,
+    }
+    if "sasl_mechanism" in options:
+        config.update(
+            {
+                "sasl.mechanism": options["sasl_mechanism"],
+                "sasl.username": options["sasl_plain_username"],
+                "sasl.password": options["sasl_plain_password"],
+            }
+        )
+    if settings.kafka_ssl_cafile is not None:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_cafile)
+    admin = AdminClient(config)
     listed = admin.list_consumer_groups(request_timeout=10).result()
     groups = [g.group_id for g in listed.valid if namespace in g.group_id]
     if groups:
@@ -255,21 +271,21 @@ def _remove_state(root: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def cleanup_namespace(bootstrap: str, redis_url: str, namespace: str) -> None:
+def cleanup_namespace(settings: Settings, namespace: str) -> None:
     """Delete the namespace's topics (every topic whose name contains it), consumer groups, Redis keys and state
     files (logs stay in ``.cache/bench/<namespace>/``). Each part is attempted even if another fails."""
     done: list[str] = []
 
     def redis_keys() -> int:
-        client = redis.Redis.from_url(redis_url)
+        client = redis.Redis.from_url(settings.redis_url)
         keys = list(client.scan_iter(f"{namespace}:*", count=5000))
         for i in range(0, len(keys), 5000):
             client.delete(*keys[i : i + 5000])
         return len(keys)
 
     parts: list[tuple[str, Callable[[], int]]] = [
-        ("topics", lambda: asyncio.run(_delete_topics(bootstrap, namespace))),
-        ("groups", lambda: _delete_groups(bootstrap, namespace)),
+        ("topics", lambda: asyncio.run(_delete_topics(settings.kafka_client_options(), namespace))),
+        ("groups", lambda: _delete_groups(settings, namespace)),
         ("Redis keys", redis_keys),
     ]
     for what, part in parts:

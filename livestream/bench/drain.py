@@ -11,16 +11,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from livestream.bench.common import ChildResult, PartitionTally, json_arg
+from stream.settings import Settings
 
 
-async def drain(bootstrap: str, topic: str, ends: dict[int, int]) -> ChildResult:
+async def drain(kafka: Mapping[str, Any], topic: str, ends: dict[int, int]) -> ChildResult:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka,
         enable_auto_commit=False,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
@@ -60,7 +63,9 @@ def main() -> None:
     parser.add_argument("--ends", required=True, help="JSON: partition -> end offset to read up to")
     parser.add_argument("--result", required=True, type=Path)
     args = parser.parse_args()
-    asyncio.run(drain(args.bootstrap, args.topic, json_arg(args.ends))).write(args.result)
+    # Security settings (LIVESTREAM_KAFKA_SECURITY_PROTOCOL, ...) come from the environment the runner passed on.
+    kafka = Settings(**{"kafka_bootstrap": args.bootstrap}).kafka_client_options()
+    asyncio.run(drain(kafka, args.topic, json_arg(args.ends))).write(args.result)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ async def _run(settings: Settings, rate: float, seconds: float, seed: int) -> La
     """(sent at, latency) in seconds."""
     client = aioredis.Redis.from_url(settings.redis_url)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **settings.kafka_client_options(),
         enable_idempotence=True,
         acks="all",
         linger_ms=5,

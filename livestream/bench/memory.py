@@ -69,7 +69,7 @@ def livestream_records(n: int, now_ms: int) -> list[tuple[bytes, bytes]]:
 
 async def _produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **settings.kafka_client_options(),
         enable_idempotence=True,
         acks="all",
         linger_ms=5,

@@ -15,7 +15,9 @@ apart from Kafka, Redis and whatever else runs on it):
 6. scaling: 1, 2 and 3 workers in one consumer group, each count on a fresh 12-partition namespace filled like the
    single-event topic (``livestream.bench.scaling``);
 7. takeover: kill -9, join and SIGTERM under a paced live replay, with 0 and 1 standby replicas
-   (``livestream.bench.takeover``).
+   (``livestream.bench.takeover``);
+8. gateway: the fair through one ``livestream gateway`` process from 8 concurrent clients, until the worker's
+   totals equal the oracle, then request latency at half that rate (``livestream.bench.gateway``).
 
 Each step uses fresh namespaces (``bench<hex>``) whose topics, groups, Redis keys and files are removed after it.
 A step that fails (miscount, timeout, crash) is reported on stderr, its figures are null, and the command exits 1.
@@ -51,7 +53,19 @@ from livestream.producer import ReplayResult, replay_fair
 from stream.replay.profile import OCOP_FAIR
 from stream.settings import Settings
 
-STEPS: Final = ("drain", "passthrough", "quix", "single", "batch", "latency", "memory", "fair", "scaling", "takeover")
+STEPS: Final = (
+    "drain",
+    "passthrough",
+    "quix",
+    "single",
+    "batch",
+    "latency",
+    "memory",
+    "fair",
+    "scaling",
+    "takeover",
+    "gateway",
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,10 @@ class BenchOptions:
     """Seconds of live replay before the first takeover (state and changelogs build up)."""
     takeover_replay_s: float = 75.0
     """The paced replay lasts this long (it goes on during the three takeovers)."""
+    gateway_scale: float = 0.3
+    """Scale of the fair sent through the ingestion gateway (about 1M events)."""
+    gateway_connections: int = 8
+    gateway_latency_seconds: float = 15.0
     keep: bool = False
     """Keep topics, Redis keys and files of every namespace (for inspection)."""
     base: dict[str, Any] = field(default_factory=dict)
@@ -108,7 +126,7 @@ class Bench:
 
     def cleanup(self, namespace: str) -> None:
         if not self.options.keep:
-            cleanup_namespace(self.base.kafka_bootstrap, self.base.redis_url, namespace)
+            cleanup_namespace(self.base, namespace)
 
     def step(self, name: str, run: Callable[[], None]) -> None:
         if name in self.options.skip:
@@ -140,7 +158,7 @@ class Bench:
         settings = self.settings(namespace, partitions)
         log(f"filling {settings.events_topic}: fair at scale {scale}, {batch} event(s) per record")
         result = asyncio.run(replay_fair(settings, scale=scale, seed=self.options.seed, batch=batch))
-        begins, ends = asyncio.run(topic_offsets(settings.kafka_bootstrap, settings.events_topic))
+        begins, ends = asyncio.run(topic_offsets(settings.kafka_client_options(), settings.events_topic))
         if sum(ends.values()) - sum(begins.values()) != result.records:
             raise BenchError(f"{settings.events_topic} holds {sum(ends.values())} records, {result.records} were sent")
         log(f"filled with {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s")
@@ -393,6 +411,41 @@ class Bench:
 
         self.step("takeover", takeover)
 
+    def run_gateway(self) -> None:
+        def gateway() -> None:
+            from livestream.bench.gateway import measure_gateway
+
+            namespace = new_namespace()
+            try:
+                result = measure_gateway(
+                    self.settings(namespace),
+                    self.options.gateway_scale,
+                    self.options.seed,
+                    batch=self.options.batch,
+                    connections=self.options.gateway_connections,
+                    latency_seconds=self.options.gateway_latency_seconds,
+                )
+            finally:
+                self.cleanup(namespace)
+            self.figures.update(
+                gateway_eps=result.eps,
+                gateway_p99_ms=result.p99_ms,
+                gateway_p50_ms=result.p50_ms,
+                gateway_events=result.events,
+                gateway_cpu_s_per_m=result.gateway_cpu_s_per_m,
+                gateway_latency_rate_eps=result.rate,
+                gateway_latency_achieved_eps=result.achieved_rate,
+                gateway_latency_samples=result.samples,
+                gateway_retries=result.retries,
+            )
+            log(
+                f"gateway: {result.eps:,.0f} events/s ({result.events:,} events, exact), gateway CPU "
+                f"{result.gateway_cpu_s_per_m:.2f} s per million events; requests at {result.rate:,.0f} events/s: "
+                f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms over {result.samples} requests"
+            )
+
+        self.step("gateway", gateway)
+
     def run(self) -> int:
         """Every step not skipped; prints the table and the JSON line to stdout; 1 if a step failed."""
         from livestream import services
@@ -406,6 +459,7 @@ class Bench:
         self.run_fair()
         self.run_scaling()
         self.run_takeover()
+        self.run_gateway()
         self.figures["bench_seconds"] = time.monotonic() - started
         print(table(self.figures), flush=True)
         print(final_line(self.figures), flush=True)

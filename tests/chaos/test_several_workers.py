@@ -101,7 +101,7 @@ def test_two_producers_with_different_partitioners_two_workers(pipeline: Pipelin
     settings = pipeline.settings()
 
     async def produce() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+        producer = AIOKafkaProducer(**settings.kafka_client_options(), linger_ms=5)
         await producer.start()
         try:
             for i, event in enumerate(events):

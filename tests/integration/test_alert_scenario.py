@@ -40,7 +40,9 @@ def test_alert_scenario_fires_and_resolves_each_alert_exactly_once(pipeline: Pip
         speed = minutes * 60 / PACE_SECONDS
         produced.append(
             asyncio.run(
-                produce_replay(scenario.replay, settings.kafka_bootstrap, settings.events_topic, batch=200, speed=speed)
+                produce_replay(
+                    scenario.replay, settings.kafka_client_options(), settings.events_topic, batch=200, speed=speed
+                )
             )
         )
 

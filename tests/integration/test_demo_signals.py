@@ -90,7 +90,7 @@ def test_demo_stops_its_worker_on_sigterm(services: None, tmp_path: Path) -> Non
             if running(pid, started):
                 os.kill(pid, signal.SIGKILL)
         settings = Settings()
-        cleanup_namespace(settings.kafka_bootstrap, settings.redis_url, namespace)
+        cleanup_namespace(settings, namespace)
 
 
 CHILD_IGNORING_SIGTERM = (

@@ -61,7 +61,7 @@ def produce(pipeline: Pipeline, chunks: list[list[tuple[bytes, bytes]]], pauses:
     settings = pipeline.settings()
 
     async def run() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, linger_ms=5)
+        producer = AIOKafkaProducer(**settings.kafka_client_options(), enable_idempotence=True, linger_ms=5)
         await producer.start()
         try:
             for chunk, pause in zip(chunks, pauses, strict=True):

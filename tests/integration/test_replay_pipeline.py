@@ -139,11 +139,11 @@ def test_dead_letters_can_be_inspected_and_replayed(pipeline: Pipeline) -> None:
     pipeline.produce_raw([(b"ocop-live-01", b"{broken"), (b"ocop-live-01", b'{"type":"view","v":9}')])
     settings = pipeline.settings()
     wait_until(lambda: len(pipeline.read_topic(settings.dlq_topic)) == 2, 60, "two dead letters")
-    letters = asyncio.run(read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic))
+    letters = asyncio.run(read_dead_letters(settings.kafka_client_options(), settings.dlq_topic))
     assert [d.headers["error"] for d in letters] == ["bad_json", "unsupported_version"]
-    only = asyncio.run(read_dead_letters(settings.kafka_bootstrap, settings.dlq_topic, reason="bad_json"))
+    only = asyncio.run(read_dead_letters(settings.kafka_client_options(), settings.dlq_topic, reason="bad_json"))
     assert [d.value for d in only] == [b"{broken"]
     # Replayed unchanged, they are still invalid: back in the dead-letter topic, nothing counted.
-    assert asyncio.run(replay_dead_letters(settings.kafka_bootstrap, letters, settings.events_topic)) == 2
+    assert asyncio.run(replay_dead_letters(settings.kafka_client_options(), letters, settings.events_topic)) == 2
     wait_until(lambda: len(pipeline.read_topic(settings.dlq_topic)) == 4, 60, "the replayed records rejected again")
     assert pipeline.get_json("/api/totals")["views"] == 0

@@ -60,6 +60,7 @@ EXPECTED_ALERTS = {
     "LivestreamRedisErrors",
     "LivestreamPartitionStalled",
     "LivestreamPartitionUnowned",
+    "LivestreamGatewayErrors",
 }
 SEVERITIES = {"page", "ticket"}
 
@@ -201,8 +202,10 @@ def test_alertmanager_config_routes_and_inhibits() -> None:
 
 def test_alertmanager_config_is_valid() -> None:
     amtool = shutil.which("amtool")
-    if amtool is None:
-        pytest.skip("amtool not installed (apt-get install -y prometheus-alertmanager)")
+    assert amtool is not None, (
+        "amtool not installed: deploy/local/test-deps.sh installs it (Debian's prometheus-alertmanager). "
+        "This test does not skip."
+    )
     result = run(amtool, "check-config", str(ALERTMANAGER_CONFIG))
     assert result.returncode == 0, output(result)
     for labels, receiver in (("severity=page", "page"), ("severity=ticket", "ticket"), ("severity=other", "ticket")):
@@ -482,8 +485,30 @@ def test_served_metric_names_are_read_from_the_collector() -> None:
     assert "livestream_views" not in served
 
 
+def gateway_metric_names() -> set[str]:
+    """Exposition names of the ingestion gateway's metrics (livestream/gateway.py), from its registry."""
+    from livestream.gateway import GatewayMetrics
+
+    families = list(GatewayMetrics().registry.collect())
+    names = {sample.name for family in families for sample in family.samples}
+    return names | {f"{f.name}_total" if f.type == "counter" else f.name for f in families}
+
+
+def test_gateway_is_scraped_alerted_and_on_the_pipeline_dashboard() -> None:
+    config = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
+    assert re.search(r"job_name:\s*livestream-gateway\b", config)
+    assert '"127.0.0.1:8080"' in config
+    served = gateway_metric_names()
+    assert {"livestream_gateway_requests_total", "livestream_gateway_request_duration_seconds_bucket"} <= served
+    alert = next(a for a in alert_rules() if a.name == "LivestreamGatewayErrors")
+    assert 'livestream_gateway_requests_total{code=~"5.."}' in alert.expr
+    exprs = _dashboard_exprs("pipeline-health.json")
+    assert 'livestream_gateway_requests_total{code=~"5.."}' in exprs
+    assert "livestream_gateway_request_duration_seconds_bucket" in exprs
+
+
 def test_every_metric_name_is_served_recorded_or_planned() -> None:
-    served = served_metric_names()
+    served = served_metric_names() | gateway_metric_names()
     recorded = recording_rule_names()
     unknown = {}
     for name, files in _referenced_metric_names().items():
