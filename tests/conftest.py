@@ -19,7 +19,7 @@ def services() -> None:
 
 @pytest.fixture
 def pipeline(services: None, tmp_path: Path) -> Iterator[Pipeline]:
-    """A fresh namespace on the real services; its workers are stopped and its Redis keys removed afterwards."""
+    """A fresh namespace on the real services; its workers are stopped, its Redis keys and topics removed afterwards."""
     pipe = Pipeline(root=tmp_path)
     pipe.prepare()
     try:
@@ -27,3 +27,4 @@ def pipeline(services: None, tmp_path: Path) -> Iterator[Pipeline]:
     finally:
         pipe.stop_all()
         pipe.cleanup_redis()
+        pipe.cleanup_topics()

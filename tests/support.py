@@ -209,6 +209,16 @@ class Pipeline:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; last seen {last}") from None
 
+    def cleanup_topics(self) -> None:
+        """Delete the namespace's topics: a full test run would otherwise leave thousands of partitions on the
+        one local broker, slowing every later test."""
+        from livestream.bench.common import delete_topics
+
+        try:
+            asyncio.run(asyncio.wait_for(delete_topics(self.settings().kafka_client_options(), self.namespace), 30))
+        except Exception as exc:  # a broker a test stopped: the topics go with its data
+            print(f"topics of {self.namespace} not deleted: {exc!r}")
+
     def cleanup_redis(self) -> None:
         client = self.redis()
         keys = list(client.scan_iter(f"{self.settings().redis_prefix}*", count=1000))

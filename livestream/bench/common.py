@@ -216,7 +216,8 @@ async def topic_offsets(kafka: Mapping[str, Any], topic: str) -> tuple[dict[int,
         await consumer.stop()
 
 
-async def _delete_topics(kafka: Mapping[str, Any], namespace: str) -> int:
+async def delete_topics(kafka: Mapping[str, Any], namespace: str) -> int:
+    """Delete every topic whose name contains ``namespace``; returns how many."""
     admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
     try:
@@ -284,7 +285,7 @@ def cleanup_namespace(settings: Settings, namespace: str) -> None:
         return len(keys)
 
     parts: list[tuple[str, Callable[[], int]]] = [
-        ("topics", lambda: asyncio.run(_delete_topics(settings.kafka_client_options(), namespace))),
+        ("topics", lambda: asyncio.run(delete_topics(settings.kafka_client_options(), namespace))),
         ("groups", lambda: _delete_groups(settings, namespace)),
         ("Redis keys", redis_keys),
     ]
