@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: demo test bench lint typecheck services-up services-down install clean
+.PHONY: demo test bench screenshot lint typecheck services-up services-down install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/livestream services up
 	$(BIN)/livestream bench $(ARGS)
+
+screenshot: $(STAMP)
+	deploy/local/test-deps.sh
+	$(BIN)/python -m livestream.screenshot --out docs/board.png $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -20,6 +20,9 @@ a campaign and ``<id>`` a livestream id, each written through :func:`key_part`:
   start in the zset ``P campaign:<c>:windows``;
 - ``P alerts:active`` hash ``<rule>|<subject>`` -> JSON :class:`~schemas.alerts.AlertRecord` of every active alert
   (subject: livestream, or campaign for ``gmv_milestone``); a resolved alert's field is deleted.
+- ``P alerts:history`` hash ``alert_id`` -> JSON of the alert's firing record; once the mirror sees the alert
+  resolved, ``status`` is ``resolved`` and ``resolved_at_ms`` the livestream's newest event time then (``null``
+  for campaign alerts; the exact transitions are in the alerts topic). Expires ``WINDOW_TTL_S`` after its last write.
 
 Ids are any string of 1..128 characters (:mod:`schemas.events`), so inside keys they are escaped: ``%``, ``:``,
 ``{``, ``}`` and every character outside printable ASCII (spaces, newlines, ``ü``, ...) become ``%XX`` per UTF-8
@@ -124,6 +127,9 @@ class RedisKeys:
     def active_alerts(self) -> str:
         return f"{self.prefix}alerts:active"
 
+    def alert_history(self) -> str:
+        return f"{self.prefix}alerts:history"
+
 
 def alert_field(rule: str, subject: str) -> str:
     """The field of an active alert in ``P alerts:active``: ``rule|subject`` (rule names contain no ``|``)."""
@@ -137,6 +143,14 @@ def split_alert_field(field: str) -> tuple[str, str]:
 
 
 CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
+
+
+def history_entry(record: AlertRecord, resolved_at_ms: int | None = None, resolved: bool = False) -> bytes:
+    """The ``P alerts:history`` value of an alert: its firing record, or (``resolved``) marked resolved."""
+    entry: dict[str, Any] = msgspec.to_builtins(record)
+    if resolved:
+        entry.update(status="resolved", resolved_at_ms=resolved_at_ms)
+    return msgspec.json.encode(entry)
 
 
 def channel_alert_records(state: ChannelView) -> dict[str, AlertRecord]:
@@ -228,7 +242,9 @@ class RedisMirror:
         self.window_size_ms = settings.window_size_s * 1000
         self.client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
         self._failing = False
-        self._campaigns_with_alerts: set[str] = set()
+        self._campaigns_with_alerts: dict[str, AlertRecord] = {}
+        self._alerts_written: dict[str, AlertRecord] = {}
+        """Active livestream alerts this mirror wrote, by ``rule|subject`` field: one missing later resolved."""
         self._reported: set[str] = set()
 
     async def flush(self) -> None:
@@ -367,17 +383,34 @@ class RedisMirror:
             if len(batch) >= PIPELINE_CHUNK:
                 await self._run(batch)
                 batch = _Batch(self.client)
-        alerts_key = keys.active_alerts()
+        alerts_key, history_key = keys.active_alerts(), keys.alert_history()
+        resolved: dict[str, AlertRecord] = {}
+        written: dict[str, AlertRecord] = {}
         for channel_id, state in states.items():
             key = keys.channel(channel_id)
             batch.on(key).hset(key, mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
             active = channel_alert_records(state)
             for rule in CHANNEL_RULES:
                 field = alert_field(rule, channel_id)
+                before = self._alerts_written.get(field)
                 if field in active:
-                    batch.on(alerts_key).hset(alerts_key, field, msgspec.json.encode(active[field]))
+                    record = active[field]
+                    batch.on(alerts_key).hset(alerts_key, field, msgspec.json.encode(record))
+                    if before is not None and before.alert_id != record.alert_id:
+                        batch.on(history_key).hset(
+                            history_key, before.alert_id, history_entry(before, state.max_ts_ms, resolved=True)
+                        )
+                    batch.on(history_key).hset(history_key, record.alert_id, history_entry(record))
+                    batch.on(history_key).expire(history_key, WINDOW_TTL_S)
+                    written[field] = record
                 else:
                     batch.on(alerts_key).hdel(alerts_key, field)
+                    if before is not None:
+                        batch.on(history_key).hset(
+                            history_key, before.alert_id, history_entry(before, state.max_ts_ms, resolved=True)
+                        )
+                        batch.on(history_key).expire(history_key, WINDOW_TTL_S)
+                        resolved[field] = before
             for start_ms, counters in windows_written.get(channel_id, {}).items():
                 key = keys.window(channel_id, start_ms)
                 batch.on(key).hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
@@ -393,8 +426,11 @@ class RedisMirror:
                 await self._run(batch)
                 batch = _Batch(self.client)
         await self._run(batch)
-        for channel_id, written in windows_written.items():
-            if live.pending_windows.get(channel_id) is written:  # not replaced by a newer state meanwhile
+        for field in resolved:
+            self._alerts_written.pop(field, None)
+        self._alerts_written.update(written)
+        for channel_id, pending in windows_written.items():
+            if live.pending_windows.get(channel_id) is pending:  # not replaced by a newer state meanwhile
                 del live.pending_windows[channel_id]
 
     async def _refused_keys(self, batch: _Batch) -> set[str]:
@@ -412,17 +448,25 @@ class RedisMirror:
             batch.on(key).expire(key, WINDOW_TTL_S)
             index = keys.campaign(campaign, "windows")
             batch.on(index).zadd(index, {str(start_ms): start_ms})
+        written = self._campaigns_with_alerts
         if alerts_changed:
-            active, alerts_key = self.live.campaign_alerts, keys.active_alerts()
-            for campaign in self._campaigns_with_alerts | set(active):
+            active, alerts_key, history_key = self.live.campaign_alerts, keys.active_alerts(), keys.alert_history()
+            written = {}
+            for campaign in set(self._campaigns_with_alerts) | set(active):
                 field = alert_field("gmv_milestone", campaign)
                 record = active.get(campaign, {}).get("gmv_milestone")
+                before = self._campaigns_with_alerts.get(campaign)
+                if before is not None and (record is None or before.alert_id != record.alert_id):
+                    batch.on(history_key).hset(history_key, before.alert_id, history_entry(before, resolved=True))
                 if record is not None:
                     batch.on(alerts_key).hset(alerts_key, field, msgspec.json.encode(record))
+                    batch.on(history_key).hset(history_key, record.alert_id, history_entry(record))
+                    written[campaign] = record
                 else:
                     batch.on(alerts_key).hdel(alerts_key, field)
-            self._campaigns_with_alerts = set(active)
+                batch.on(history_key).expire(history_key, WINDOW_TTL_S)
         await self._run(batch)
+        self._campaigns_with_alerts = written
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -287,6 +287,21 @@ def alerts(
 
 
 @app.command()
+def status(
+    sort: Annotated[str, typer.Option(help="gmv, orders, viewers (unique), concurrent, views, items or name")] = "gmv",
+    ascending: Annotated[bool, typer.Option("--asc", help="smallest first")] = False,
+    campaign: Annotated[str | None, typer.Option(help="campaign (default: the one with the most GMV)")] = None,
+    once: Annotated[bool, typer.Option("--once", help="render once and exit")] = False,
+) -> None:
+    """The board's live table in the terminal, from Redis: fair totals, alerts, every livestream (every second)."""
+    from livestream.status import SORTS, run_status
+
+    if sort not in SORTS:
+        raise typer.BadParameter(f"one of {', '.join(SORTS)}", param_hint="--sort")
+    raise typer.Exit(run_status(_State.settings(), campaign=campaign, sort=sort, ascending=ascending, once=once))
+
+
+@app.command()
 def schemas(
     check: Annotated[
         bool, typer.Option(help="exit 1 if schemas/json differs from the models instead of writing")

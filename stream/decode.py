@@ -163,6 +163,34 @@ def decode_record(key: bytes | None, value: bytes | None, bounds: TimeBounds) ->
         return DeadLetter("bad_json", f"undecodable record ({type(exc).__name__}: {exc})")
 
 
+def decode_event(value: bytes, bounds: TimeBounds, max_depth: int = MAX_JSON_DEPTH) -> Event | DeadLetter:
+    """Decode one event on its own (a batch envelope is ``unknown_type`` here), with the checks :func:`decode_record`
+    makes of a single-event record except the key: size, nesting (at most ``max_depth`` levels), schema, time bounds.
+
+    For producers that pack events into envelopes themselves (the ingestion gateway): an envelope nests its events
+    2 levels deeper, so they pass ``MAX_JSON_DEPTH - 2``. Total, like :func:`decode_record`.
+    """
+    try:
+        if len(value) > MAX_RECORD_BYTES:
+            return DeadLetter("oversized", f"event is {len(value)} bytes, limit {MAX_RECORD_BYTES}")
+        if value.count(b"{") + value.count(b"[") > max_depth and _too_deep(value, max_depth):
+            return DeadLetter("too_deep", f"JSON nested deeper than {max_depth} levels")
+        try:
+            event: Event = _event_decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            return DeadLetter(_classify(str(exc)), str(exc))
+        except msgspec.DecodeError as exc:
+            return DeadLetter(_malformed(value), str(exc))
+        except UnicodeDecodeError as exc:
+            return DeadLetter("bad_encoding", f"invalid UTF-8 in a string: {exc}")
+        except RecursionError:
+            return DeadLetter("too_deep", f"JSON nested deeper than {max_depth} levels")
+        problem = _time_problem(event, bounds)
+        return event if problem is None else DeadLetter(*problem)
+    except Exception as exc:  # the last resort, as in decode_record
+        return DeadLetter("bad_json", f"undecodable event ({type(exc).__name__}: {exc})")
+
+
 def _check_batch(key: bytes | None, value: bytes, batch: Batch, bounds: TimeBounds) -> Decoded | DeadLetter:
     """A one-pass decoded envelope: every event valid (the usual case), or find the raw bytes of the rejected ones."""
     channel_id = batch.channel_id
@@ -266,8 +294,8 @@ _FOLD_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
 _TOO_DEEP_RUN: Final = b"[" * (MAX_JSON_DEPTH + 1)
 
 
-def _too_deep(value: bytes) -> bool:
-    """Whether ``value`` nests deeper than ``MAX_JSON_DEPTH``, brackets inside strings not counted.
+def _too_deep(value: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests deeper than ``limit`` levels, brackets inside strings not counted.
 
     Exact for valid JSON, and never under the depth a parser reaches before an error in invalid JSON. Costs a few
     passes over the bytes in C: only records the cheap count in :func:`decode_record` cannot vouch for get here.
@@ -278,14 +306,15 @@ def _too_deep(value: bytes) -> bool:
     if b'"' in view:
         view = _outside_strings(view.replace(b'""', b""))  # dropping adjacent quotes keeps the others paired
     depth = 0
+    too_deep_run = _TOO_DEEP_RUN if limit == MAX_JSON_DEPTH else b"[" * (limit + 1)
     while b"[]" in view:  # each pass removes the innermost level
-        if _TOO_DEEP_RUN in view:  # that many brackets opened in a row: a shortcut for the deepest records
+        if too_deep_run in view:  # that many brackets opened in a row: a shortcut for the deepest records
             return True
         depth += 1
-        if depth > MAX_JSON_DEPTH:
+        if depth > limit:
             return True
         view = view.replace(b"[]", b"")
-    return depth + view.count(b"[") > MAX_JSON_DEPTH  # unclosed brackets (truncated JSON) nest over the rest
+    return depth + view.count(b"[") > limit  # unclosed brackets (truncated JSON) nest over the rest
 
 
 def _outside_strings(view: bytes, chunk: int = 1 << 16) -> bytes:

@@ -102,6 +102,48 @@ class Settings(BaseSettings):
     # Metrics.
     top_k_channels: int = Field(20, ge=0, description="per-livestream Prometheus series for the top K by GMV")
 
+    # Serving (query API /api/v1, board, `livestream status`).
+    vnd_per_usd: float = Field(
+        23_392.0, gt=0, description="exchange rate for the USD figures of the API and the board (VND per USD)"
+    )
+    silent_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="a livestream that has not ended is silent (not watching) after this long without events: "
+        "behind its campaign's newest event time, or without a Redis update by wall clock",
+    )
+
+    # Ingestion gateway (livestream gateway).
+    gateway_host: str = Field("127.0.0.1", description="gateway listen address (0.0.0.0 to expose it)")
+    gateway_port: int = Field(8080, description="gateway HTTP port: POST /v1/events, /healthz, /readyz, /metrics")
+    gateway_tokens_file: Path | None = Field(
+        None, description="TOML file of the gateway's sources: token SHA-256, campaigns, channel prefixes"
+    )
+    gateway_tokens: str | None = Field(
+        None, description="more gateway sources, as TOML text in the same format as the tokens file"
+    )
+    gateway_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1, description="request body as sent (413 above)")
+    gateway_max_decompressed_bytes: int = Field(
+        32 * 1024 * 1024, ge=1, description="request body after gzip decompression (413 above)"
+    )
+    gateway_max_events: int = Field(10_000, ge=1, description="events per request (413 above)")
+    gateway_max_event_bytes: int = Field(64 * 1024, ge=1, le=256 * 1024, description="bytes of one event")
+    gateway_rate_eps: float = Field(200_000, gt=0, description="default events/s per source (429 above)")
+    gateway_rate_burst: float = Field(400_000, gt=0, description="default burst of events per source")
+    gateway_linger_ms: float = Field(
+        5.0, ge=0, le=20, description="how long events wait for others of their livestream to share an envelope"
+    )
+    gateway_envelope_max_events: int = Field(5_000, ge=1, le=100_000, description="events per envelope")
+    gateway_envelope_max_bytes: int = Field(
+        512 * 1024, ge=300 * 1024, le=1_000_000, description="bytes per envelope record (under Kafka's 1 MB default)"
+    )
+    gateway_max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="accepted event bytes not yet acknowledged by Kafka (503 above)"
+    )
+    gateway_produce_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for Kafka to acknowledge a request's events (503 after)"
+    )
+
     log_level: str = "info"
 
     def kafka_client_options(self) -> dict[str, Any]:

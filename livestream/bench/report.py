@@ -41,6 +41,8 @@ APPENDED_KEYS: Final = (
     "takeover_join_s_standby1",
     "takeover_sigterm_s_standby0",
     "takeover_sigterm_s_standby1",
+    "gateway_eps",
+    "gateway_p99_ms",
 )
 
 Figures = Mapping[str, float | int | None]
@@ -93,6 +95,8 @@ def targets(figures: Figures) -> list[Target]:
         Target("p99 event -> Redis at 50% single rate (ms)", _get(figures, "latency_p99_ms"), "<=", 250),
         Target("RSS at 100k active livestreams (MB)", _get(figures, "rss_mb_100k"), "<=", 300),
         Target("full fair replay wall (s)", _get(figures, "fair_replay_seconds"), "<", 30),
+        Target("events/s through one gateway", _get(figures, "gateway_eps"), ">=", 50_000),
+        Target("gateway request p99 at 50% rate (ms)", _get(figures, "gateway_p99_ms"), "<=", 50),
     ]
 
 
@@ -170,6 +174,12 @@ def table(figures: Figures) -> str:
             owned = _fmt(figures.get(f"takeover_{event}_owned_s_standby{standby}"))
             cells.append(f"{settled} ({owned})")
         lines.append(f"{label:<40} {cells[0]:>16} {cells[1]:>16}")
+    lines.append("")
+    lines.append(
+        f"ingestion gateway (one process, 8 clients): {_fmt(figures.get('gateway_eps'))} events/s; requests at "
+        f"{_fmt(figures.get('gateway_latency_rate_eps'))} events/s: p50 {_fmt(figures.get('gateway_p50_ms'), ' ms')}, "
+        f"p99 {_fmt(figures.get('gateway_p99_ms'), ' ms')}"
+    )
     lines.append("")
     lines.append(f"{'target':<44} {'value':>12} {'':>2} {'limit':>10}  verdict")
     for target in targets(figures):

@@ -415,10 +415,11 @@ class Bench:
         def gateway() -> None:
             from livestream.bench.gateway import measure_gateway
 
-            namespace = new_namespace()
+            namespace, latency_namespace = new_namespace(), new_namespace()
             try:
                 result = measure_gateway(
                     self.settings(namespace),
+                    self.settings(latency_namespace),
                     self.options.gateway_scale,
                     self.options.seed,
                     batch=self.options.batch,
@@ -427,6 +428,7 @@ class Bench:
                 )
             finally:
                 self.cleanup(namespace)
+                self.cleanup(latency_namespace)
             self.figures.update(
                 gateway_eps=result.eps,
                 gateway_p99_ms=result.p99_ms,

@@ -43,6 +43,7 @@ def every_key(channel: str, campaign: str, start_ms: int) -> dict[str, tuple[obj
     built: dict[str, tuple[object, ...]] = {
         keys.campaigns(): ("campaigns",),
         keys.active_alerts(): ("active_alerts",),
+        keys.alert_history(): ("alert_history",),
         keys.channel(channel): ("channel", channel),
         keys.channel_viewers(channel): ("channel_viewers", channel),
         keys.window(channel, start_ms): ("window", channel, start_ms, 60_000),
@@ -51,7 +52,7 @@ def every_key(channel: str, campaign: str, start_ms: int) -> dict[str, tuple[obj
     }
     for what in ("channels", "creators", "gmv", "viewers", "windows"):
         built[keys.campaign(campaign, what)] = ("campaign", campaign, what)  # type: ignore[arg-type]
-    assert len(built) == 12, "two families gave the same key for one id"
+    assert len(built) == 13, "two families gave the same key for one id"
     return built
 
 
@@ -124,7 +125,7 @@ def test_keys_split_back_into_their_parts(channel: str, campaign: str, start_ms:
         elif what[0] == "campaign_window":
             assert parts == ["campaign", key_part(campaign), "w1m", str(start_ms)]
         else:
-            assert parts in (["campaigns"], ["alerts", "active"])
+            assert parts in (["campaigns"], ["alerts", "active"], ["alerts", "history"])
         if len(parts) > 1 and parts[0] in ("channel", "campaign"):
             assert parse_key_part(parts[1]) == (channel if parts[0] == "channel" else campaign)
 
