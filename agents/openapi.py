@@ -168,7 +168,11 @@ def _get(summary: str, schema: str, parameters: list[dict[str, Any]], not_found:
     return {"get": {"summary": summary, "parameters": parameters, "responses": responses}}
 
 
-_PATH_ID = {"type": "string", "minLength": 1, "pattern": "^[^/?#%]+$"}
+_PATH_ID = {
+    "type": "string",
+    "minLength": 1,
+    "description": "any id the events carry; percent-encode reserved characters (`/` as `%2F`)",
+}
 
 
 def openapi_document() -> dict[str, Any]:

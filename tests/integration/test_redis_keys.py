@@ -15,6 +15,7 @@ import redis
 import redis.asyncio as aioredis
 
 from agents.board import board_data
+from agents.fair import FairReader
 from agents.redis_mirror import RedisKeys, RedisMirror, channel_alert_records, split_alert_field
 from livestream import readback
 from livestream.alerts import show_alerts
@@ -202,6 +203,24 @@ def test_ids_that_look_like_keys_mirror_and_read_back_exactly(settings: Settings
     assert data["totals"]["views"] == sum(states[c].totals.views for c, k in CHANNELS.items() if k == "ü:ñ")
     assert [m["views"] for m in data["minutes"]] == [1000 + sorted(set(CHANNELS.values())).index("ü:ñ")]
     assert [a["campaign"] for a in asyncio.run(board("{x}"))["alerts"] if a["rule"] == "gmv_milestone"] == ["{x}"]
+
+    # The query API's reader (/api/v1/channels/{id}, /api/v1/campaigns/{id}) finds every one of them.
+    async def api_reads() -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], list[dict[str, Any]]]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            reader = FairReader(client, settings)
+            channels = {cid: await reader.channel(cid) for cid in CHANNELS}
+            campaigns = {c: await reader.campaign(c) for c in set(CHANNELS.values())}
+            return channels, campaigns, await reader.channels()
+        finally:
+            await client.aclose()
+
+    by_channel, by_campaign, listed = asyncio.run(api_reads())
+    assert {cid: found["channel_id"] for cid, found in by_channel.items()} == {cid: cid for cid in CHANNELS}
+    assert sorted(c["channel_id"] for c in listed) == sorted(CHANNELS)
+    for campaign_id, found in by_campaign.items():
+        members = [c for c, k in CHANNELS.items() if k == campaign_id]
+        assert found["totals"]["views"] == sum(states[c].totals.views for c in members), campaign_id
 
 
 def test_stale_data_under_one_key_costs_only_that_keys_writes(settings: Settings, caplog: Any) -> None:
