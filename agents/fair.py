@@ -8,7 +8,8 @@ Derived figures (documented in docs/contracts.md, "Query API"):
   by wall clock), else ``live``. ``watching_now`` is the concurrent viewers (views - leaves, at least 0) of a live
   livestream and 0 for an ended or silent one; ``concurrent_viewers`` stays the raw counter.
 - ``gmv_usd``: ``gmv_vnd / vnd_per_usd`` rounded to cents; ``gpm_vnd``: GMV per 1,000 views,
-  ``gmv_vnd * 1000 // views`` (0 without views); ``conversion``: paid orders per view, rounded to 6 decimals.
+  ``gmv_vnd * 1000 // views`` (0 without views); ``conversion``: paid orders per unique viewer, rounded to 6
+  decimals (:func:`stream.state.conversion_rate`, as the Grafana boards' ``fair:livestream_conversion:ratio``).
 - Campaign minutes: the final campaign windows (``P campaign:<c>:w1m:<start>``), each with ``gmv_to_date_vnd``,
   the running sum of the minutes before it and itself.
 - A livestream's windows: its last ``n`` 1-minute windows ending with the minute of its newest event, a minute
@@ -26,7 +27,7 @@ import redis.asyncio as aioredis
 
 from agents.redis_mirror import RedisKeys, parse_hash
 from stream.settings import Settings
-from stream.state import COUNTER_FIELDS
+from stream.state import COUNTER_FIELDS, conversion_rate
 
 MINUTE_MS = 60_000
 SORT_KEYS = {"gmv": "gmv_vnd", "orders": "orders_paid", "viewers": "unique_viewers", "concurrent": "watching_now"}
@@ -55,12 +56,12 @@ class Derive:
     def usd(self, vnd: int) -> float:
         return round(vnd / self.vnd_per_usd, 2)
 
-    def money(self, into: dict[str, Any]) -> dict[str, Any]:
+    def money(self, into: dict[str, Any], unique_viewers: int) -> dict[str, Any]:
         views, gmv, paid = int(into.get("views", 0)), int(into.get("gmv_vnd", 0)), int(into.get("orders_paid", 0))
         into["gmv_usd"] = self.usd(gmv)
         into["gpm_vnd"] = gmv * 1000 // views if views > 0 else 0
         into["gpm_usd"] = self.usd(into["gpm_vnd"])
-        into["conversion"] = round(paid / views, 6) if views > 0 else 0.0
+        into["conversion"] = round(conversion_rate(paid, unique_viewers), 6)
         return into
 
     def channel(self, raw: dict[str, Any], clock_ms: int, now_ms: int) -> dict[str, Any]:
@@ -88,7 +89,7 @@ class Derive:
             "active_alerts": [a for a in str(raw.get("active_alerts", "")).split(",") if a],
             "updated_at_ms": updated,
         }
-        return self.money(out)
+        return self.money(out, out["unique_viewers"])
 
 
 class FairReader:
@@ -158,7 +159,7 @@ class FairReader:
             window["gmv_to_date_usd"] = self.derive.usd(to_date)
             windows.append(window)
         totals: dict[str, Any] = {name: sum(c[name] for c in channels) for name in COUNTER_FIELDS}
-        self.derive.money(totals)
+        self.derive.money(totals, int(unique_viewers))
         alerts = [a for a in await self.active_alerts() if a["campaign"] == campaign]
         clock = max((c["last_ts_ms"] for c in channels), default=-1)
         return {
