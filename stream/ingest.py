@@ -146,13 +146,17 @@ _raw_list: Final = msgspec.json.Decoder(list[msgspec.Raw])
 _WHITESPACE: Final = b" \t\r\n"
 
 
+_UTF8_BOM: Final = b"\xef\xbb\xbf"
+
+
 def split_events(body: bytes, limits: Limits) -> list[bytes]:
     """The events of a body: a JSON array's items, or NDJSON's non-blank lines. Not validated yet.
 
-    Raises :class:`RequestError`: 400 if the body holds no event or is not a JSON array or NDJSON, 413 if it
-    holds more than ``max_events``.
+    A UTF-8 byte order mark at the start of the body (some HTTP clients write one) is ignored. Raises
+    :class:`RequestError`: 400 if the body holds no event or is not a JSON array or NDJSON, 413 if it holds more
+    than ``max_events``.
     """
-    text = body.strip(_WHITESPACE)
+    text = body.removeprefix(_UTF8_BOM).strip(_WHITESPACE)
     if text.startswith(b"["):
         try:
             raws = _raw_list.decode(text)

@@ -53,6 +53,8 @@ def test_ndjson_and_array_bodies_split_into_the_same_events() -> None:
     limits = Limits()
     assert split_events(ndjson, limits) == events
     assert [json.loads(e) for e in split_events(array, limits)] == [json.loads(e) for e in events]
+    assert split_events(b"\xef\xbb\xbf" + ndjson, limits) == events, "a leading byte order mark is ignored"
+    assert [json.loads(e) for e in split_events(b"\xef\xbb\xbf" + array, limits)] == [json.loads(e) for e in events]
 
 
 @pytest.mark.parametrize(
