@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,7 +280,26 @@ class Gateway:
         self.retry_after_s = max(1, math.ceil(settings.gateway_produce_timeout_s / 4))
 
     # Lifecycle -----------------------------------------------------------------------------------------------------
+    def reload_sources(self) -> bool:
+        """Read the sources again (tokens file and ``LIVESTREAM_GATEWAY_TOKENS``); on SIGHUP. A file that cannot
+        be used is logged and the sources in use are kept; rate-limit buckets of removed or re-limited sources
+        are dropped."""
+        try:
+            store = load_sources(self.settings)
+        except TokenError as exc:
+            log.error("sources not reloaded, the previous ones stay in use: %s", exc)
+            return False
+        limits = {source.name: (source.rate_eps, source.burst) for source in store.sources}
+        before = {source.name: (source.rate_eps, source.burst) for source in self.store.sources}
+        self.store = store
+        for name in [n for n in self.buckets if limits.get(n, ()) != before.get(n)]:
+            del self.buckets[name]
+        log.info("sources reloaded: %d sources", len(store.sources))
+        return True
+
     async def start(self, _app: web.Application | None = None) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers off the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_sources)
         self._tasks = [
             asyncio.create_task(self.batcher.run(), name="gateway-producer"),
             asyncio.create_task(self._connect(), name="gateway-connect"),
@@ -467,7 +487,8 @@ def build_app(gateway: Gateway) -> web.Application:
 
 
 def run_gateway(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT (then flush what was accepted, up to the produce timeout)."""
+    """Serve until SIGTERM or SIGINT (then flush what was accepted, up to the produce timeout); SIGHUP reloads
+    the sources (token rotation without a restart)."""
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.ERROR)  # its retries would log payload-free but noisy lines
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: the gateway's counters start with the process

@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import json
 import shutil
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -24,7 +25,7 @@ from schemas.events import Batch
 from stream.ingest import hash_token
 from stream.replay.profile import OCOP_FAIR, scaled
 from tests.gateway_support import CAMPAIGN, OTHER_TOKEN, TOKEN, GatewayProcess
-from tests.support import Pipeline, parse_metrics
+from tests.support import Pipeline, parse_metrics, wait_until
 
 pytestmark = pytest.mark.services
 
@@ -231,3 +232,26 @@ def test_gzip_bomb_is_refused_while_reading(gateway: GatewayProcess) -> None:
         assert rss_kb < 400_000, f"peak RSS {rss_kb} kB"
     finally:
         process.stop()
+
+
+def test_sighup_reloads_the_sources(pipeline: Pipeline, gateway: GatewayProcess) -> None:
+    """Token rotation without a restart: the tokens file is rewritten and SIGHUP reloads it; a file that cannot be
+    used keeps the sources in use."""
+    assert gateway.proc is not None
+    tokens = gateway.root / "tokens.toml"
+    rotated = "rotated-source-token-0123456789abcdef"
+    tokens.write_text(f'[sources.fair]\ntoken_sha256 = "{hash_token(rotated)}"\ncampaigns = ["{CAMPAIGN}"]\n')
+    gateway.proc.send_signal(signal.SIGHUP)
+
+    def rotated_accepted() -> bool:
+        return post(gateway.url, ndjson(event(1)), token=rotated)[0] == 200
+
+    wait_until(rotated_accepted, 10, "the rotated token to be accepted")
+    assert post(gateway.url, ndjson(event(2)), token=TOKEN)[0] == 401, "the old token is gone"
+
+    tokens.write_text("this is not TOML [")
+    gateway.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "sources not reloaded" in gateway.log(), 10, "the bad file to be reported")
+    assert post(gateway.url, ndjson(event(3)), token=rotated)[0] == 200, "a bad file keeps the sources in use"
+    assert gateway.status("/healthz") == 200
+    assert sorted(e for _, e in topic_events(pipeline)) == ["ev-1", "ev-3"]
