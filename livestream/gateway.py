@@ -276,6 +276,7 @@ class Gateway:
         self.batcher = Batcher(settings, self.metrics)
         self.buckets: dict[str, TokenBucket] = {}
         self.kafka_seen_at: float | None = None
+        self.reading_bytes = 0
         self._tasks: list[asyncio.Task[None]] = []
         self.retry_after_s = max(1, math.ceil(settings.gateway_produce_timeout_s / 4))
 
@@ -384,15 +385,17 @@ class Gateway:
     async def events(self, request: web.Request) -> web.Response:
         started = time.monotonic()
         status = 500
+        held = [0]  # body bytes this request holds while it is read and validated (``reading_bytes``)
         try:
-            response = await self._events(request)
+            response = await self._events(request, held)
             status = response.status
             return response
         finally:
+            self.reading_bytes -= held[0]
             self.metrics.requests.labels(str(status)).inc()
             self.metrics.request_seconds.observe(time.monotonic() - started)
 
-    async def _events(self, request: web.Request) -> web.Response:
+    async def _events(self, request: web.Request, held: list[int]) -> web.Response:
         source = self.store.authenticate(request.headers.get("Authorization"))
         if source is None:
             log.info("401: missing or unknown bearer token from %s", request.remote)
@@ -408,10 +411,11 @@ class Gateway:
             log.info("429: source %s over its rate limit", source.name)
             return _json(429, {"error": "rate_limited", "message": f"retry in {wait} s"}, {"Retry-After": str(wait)})
         try:
-            raws = await self._read(request)
+            raws = await self._read(request, held)
         except RequestError as exc:
             log.info("%d: source %s: %s", exc.status, source.name, exc.reason)
-            return _json(exc.status, {"error": exc.reason, "message": exc.message})
+            retry = {"Retry-After": str(self.retry_after_s)} if exc.status == 503 else None
+            return _json(exc.status, {"error": exc.reason, "message": exc.message}, retry)
         bucket.charge(len(raws), time.monotonic())
         now_ms = int(time.time() * 1000)
         bounds = TimeBounds(
@@ -443,7 +447,10 @@ class Gateway:
     def _unavailable(self, message: str) -> web.Response:
         return _json(503, {"error": "unavailable", "message": message}, {"Retry-After": str(self.retry_after_s)})
 
-    async def _read(self, request: web.Request) -> list[bytes]:
+    async def _read(self, request: web.Request, held: list[int]) -> list[bytes]:
+        """The body's events, read under the request's limits and the gateway's ``max_reading_bytes``: bodies
+        being read and validated by all requests together hold at most that much (503 above, before memory grows);
+        ``held`` counts this request's share (twice the body: the body and its events)."""
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("identity", "gzip", "x-gzip", ""):
             raise RequestError(415, "unsupported_encoding", "Content-Encoding must be gzip or identity")
@@ -456,7 +463,17 @@ class Gateway:
             if not chunk:
                 break
             reader.feed(chunk)
-        return split_events(reader.finish(), self.limits)
+            self._hold(held, 2 * reader.size)
+        body = reader.finish()
+        self._hold(held, 2 * len(body))
+        return split_events(body, self.limits)
+
+    def _hold(self, held: list[int], size: int) -> None:
+        if size > held[0]:
+            self.reading_bytes += size - held[0]
+            held[0] = size
+            if self.reading_bytes > self.settings.gateway_max_reading_bytes:
+                raise RequestError(503, "busy", "too many request bodies being read: retry later")
 
     async def healthz(self, _request: web.Request) -> web.Response:
         alive = self.alive

@@ -122,6 +122,11 @@ class BodyReader:
             self._keep(out)
             data = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
 
+    @property
+    def size(self) -> int:
+        """Bytes of the (decompressed) body kept so far."""
+        return self._size
+
     def finish(self) -> bytes:
         """The whole (decompressed) body."""
         if self._inflater is not None:

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     gateway_max_in_flight_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="accepted event bytes not yet acknowledged by Kafka (503 above)"
     )
+    gateway_max_reading_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="memory for request bodies being read and validated, all requests together (503 above)",
+    )
     gateway_produce_timeout_s: float = Field(
         10.0, gt=0, description="longest wait for Kafka to acknowledge a request's events (503 after)"
     )

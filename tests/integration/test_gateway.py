@@ -255,3 +255,21 @@ def test_sighup_reloads_the_sources(pipeline: Pipeline, gateway: GatewayProcess)
     assert post(gateway.url, ndjson(event(3)), token=rotated)[0] == 200, "a bad file keeps the sources in use"
     assert gateway.status("/healthz") == 200
     assert sorted(e for _, e in topic_events(pipeline)) == ["ev-1", "ev-3"]
+
+
+def test_bodies_being_read_are_bounded_and_answer_503(pipeline: Pipeline) -> None:
+    """Memory for bodies being read is bounded for all requests together: over the budget the request is answered
+    503 with Retry-After while it is read, and nothing of it is produced; the budget is released afterwards."""
+    small = ndjson(event(1))
+    process = GatewayProcess(
+        pipeline.root, pipeline.namespace, env={"LIVESTREAM_GATEWAY_MAX_READING_BYTES": str(2 * len(small) + 10)}
+    ).start()
+    try:
+        status, headers, answer = post(process.url, ndjson(*[event(i) for i in range(10, 20)]))
+        assert (status, answer["error"]) == (503, "busy") and int(headers["Retry-After"]) >= 1
+        for _ in range(3):  # released after each request: the budget does not leak
+            status, _, answer = post(process.url, small)
+            assert (status, answer["accepted"]) == (200, 1)
+    finally:
+        process.stop()
+    assert sorted({e for _, e in topic_events(pipeline)}) == ["ev-1"]
