@@ -4,19 +4,24 @@ The fair replay's events (in event-time order) are sent at ``rate`` events per s
 pipeline's events topic while a worker runs, each with its event time set to the moment it is sent (so windows
 close once a minute per livestream, as live, not as fast as a replay runs through the fair's hours).
 
-For every view event the time it was handed to the producer is kept per livestream; Redis is polled every 10 ms
-(one pipelined ``HGET views`` per livestream), and when a livestream's ``views`` counter rises from ``a`` to ``b``
-the views ``a+1 .. b`` became visible at the poll's reply time. Latencies are therefore upper bounds, by at most
-one poll interval plus a round trip. Views sent in the first ``WARMUP_S`` seconds (a fresh worker's first
-batches) are not counted.
+The events are sent by a process of their own; for every view event the wall time of its step (taken before the
+step's events are handed to the producer) is reported to this process, which keeps them per livestream and polls
+Redis every 10 ms (one pipelined ``HGET views`` per livestream): when a livestream's ``views`` counter rises from
+``a`` to ``b`` the views ``a+1 .. b`` became visible at the poll's reply time. (With the sender in the same process,
+a sender running behind its schedule starved the poller, and the poller's delay was counted as latency.)
+Latencies are therefore upper bounds, by at most one poll interval plus a round trip. Views sent in the first
+``WARMUP_S`` seconds (a fresh worker's first batches) are not counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import multiprocessing
+import queue
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -66,15 +71,17 @@ def fair_events(count: int, seed: int) -> list[tuple[bytes, Event, str, bool]]:
     return out[:count]
 
 
-async def _run(settings: Settings, rate: float, seconds: float, seed: int) -> LatencyResult:
+def _send_in_child(settings: Settings, rate: float, seconds: float, seed: int, sent: Any) -> None:
+    """The load: runs in its own process, so that neither it nor the measuring poller waits for the other's CPU.
+
+    Each 10 ms step first reports ``(wall time, livestream ids of its views)`` on ``sent``, then hands its events
+    (stamped with that time) to the producer; at the end ``("done", events, seconds spent sending)``.
+    """
+    asyncio.run(_send(settings, rate, seconds, seed, sent))
+
+
+async def _send(settings: Settings, rate: float, seconds: float, seed: int, sent: Any) -> None:
     records = fair_events(int(rate * seconds), seed)
-    keys = RedisKeys(settings.redis_prefix)
-    channels = sorted({r[2] for r in records})
-    sent_at: dict[str, list[float]] = {c: [] for c in channels}
-    seen = dict.fromkeys(channels, 0)
-    latencies: list[tuple[float, float]] = []
-    """(sent at, latency) in seconds."""
-    client = aioredis.Redis.from_url(settings.redis_url)
     producer = AIOKafkaProducer(
         **settings.kafka_client_options(),
         enable_idempotence=True,
@@ -83,58 +90,99 @@ async def _run(settings: Settings, rate: float, seconds: float, seed: int) -> La
         compression_type="lz4",
     )
     await producer.start()
-    sending = True
+    try:
+        pending = []
+        done = 0
+        started = time.monotonic()
+        for step in itertools.count(1):
+            due = min(len(records), int(rate * STEP_S * step))
+            now_s = time.time()
+            now_ms = int(now_s * 1000)
+            step_records = records[done:due]
+            sent.put((now_s, [channel_id for _, _, channel_id, is_view in step_records if is_view]))
+            for key, event, _, _ in step_records:
+                value = _encode(msgspec.structs.replace(event, ts_ms=now_ms))
+                pending.append(await producer.send(settings.events_topic, value, key=key))
+            done = due
+            if done >= len(records):
+                break
+            delay = started + STEP_S * step - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        send_seconds = time.monotonic() - started
+        await asyncio.gather(*pending)
+        sent.put(("done", len(records), send_seconds))
+    finally:
+        await producer.stop()
 
-    async def poll() -> None:
+
+async def _run(settings: Settings, rate: float, seconds: float, seed: int) -> LatencyResult:
+    """Start the sender process and poll Redis until every view it sent is visible (wall-clock times)."""
+    keys = RedisKeys(settings.redis_prefix)
+    sent_at: dict[str, list[float]] = {}
+    seen: dict[str, int] = {}
+    latencies: list[tuple[float, float]] = []
+    """(sent at, latency) in seconds."""
+    finished: tuple[int, float] | None = None
+    context = multiprocessing.get_context("spawn")
+    sent = context.Queue()
+    sender = context.Process(target=_send_in_child, args=(settings, rate, seconds, seed, sent), daemon=True)
+    client = aioredis.Redis.from_url(settings.redis_url)
+    started = time.time()
+    sender.start()
+
+    def take_reports(block_s: float = 0.0) -> None:
+        nonlocal finished
         while True:
+            try:
+                item = sent.get(timeout=block_s) if block_s else sent.get_nowait()
+            except queue.Empty:
+                return
+            block_s = 0.0
+            if item[0] == "done":
+                finished = (item[1], item[2])
+                continue
+            at, channel_ids = item
+            for channel_id in channel_ids:
+                sent_at.setdefault(channel_id, []).append(at)
+                seen.setdefault(channel_id, 0)
+
+    try:
+        deadline = time.monotonic() + seconds + 180
+        while time.monotonic() < deadline:
+            take_reports()
+            channels = list(sent_at)
             pipe = client.pipeline(transaction=False)
             for channel_id in channels:
                 pipe.hget(keys.channel(channel_id), "views")
-            values = await pipe.execute()
-            now = time.monotonic()
+            values = await pipe.execute() if channels else []
+            now = time.time()
             for channel_id, value in zip(channels, values, strict=True):
                 views = int(value) if value is not None else 0
                 start = seen[channel_id]
                 if views > start:
                     times = sent_at[channel_id]
-                    if views > len(times):
-                        raise BenchError(f"{channel_id}: Redis shows {views} views, {len(times)} were sent")
+                    if views > len(times):  # its report is still in the queue's pipe
+                        take_reports(block_s=1.0)
+                        if views > len(times):
+                            raise BenchError(f"{channel_id}: Redis shows {views} views, {len(times)} were sent")
                     latencies.extend((t, now - t) for t in times[start:views])
                     seen[channel_id] = views
-            if not sending and all(seen[c] == len(sent_at[c]) for c in channels):
-                return
-            await asyncio.sleep(POLL_S)
-
-    poller = asyncio.create_task(poll())
-    started = time.monotonic()
-    pending = []
-    try:
-        sent = 0
-        for step in itertools.count(1):
-            due = min(len(records), int(rate * STEP_S * step))
-            now, now_ms = time.monotonic(), int(time.time() * 1000)
-            for key, event, channel_id, is_view in records[sent:due]:
-                value = _encode(msgspec.structs.replace(event, ts_ms=now_ms))
-                pending.append(await producer.send(settings.events_topic, value, key=key))
-                if is_view:
-                    sent_at[channel_id].append(now)
-            sent = due
-            if sent >= len(records):
+            if finished is not None and all(seen[c] == len(sent_at[c]) for c in sent_at):
                 break
-            delay = started + STEP_S * step - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if poller.done():
-                poller.result()
-        send_seconds = time.monotonic() - started
-        await asyncio.gather(*pending)
-        sending = False
-        await asyncio.wait_for(poller, 120)
+            if finished is None and not sender.is_alive():
+                take_reports()
+                if finished is None:
+                    raise BenchError(f"the latency sender exited with {sender.exitcode}")
+            await asyncio.sleep(POLL_S)
+        else:
+            raise BenchError("views still missing from Redis 180 s after sending")
     finally:
-        if not poller.done():
-            poller.cancel()
-        await producer.stop()
         await client.aclose()
+        sender.join(30)
+        if sender.is_alive():
+            sender.kill()
+    assert finished is not None
     if not latencies:
         raise BenchError("no view became visible in Redis")
     latencies = [(at, x) for at, x in latencies if at - started >= WARMUP_S]
@@ -144,9 +192,10 @@ async def _run(settings: Settings, rate: float, seconds: float, seed: int) -> La
     by_second: dict[int, list[float]] = {}
     for at, latency in latencies:
         by_second.setdefault(int(at - started), []).append(latency * 1000)
+    events, send_seconds = finished
     return LatencyResult(
         rate,
-        len(records) / send_seconds,
+        events / send_seconds,
         len(ms),
         percentile(ms, 50),
         percentile(ms, 99),
