@@ -429,6 +429,8 @@ class Fold(ChunkProcessor):
         for change, _ in changes:
             if change.status == "firing":
                 live.alerts_fired[change.rule] += 1
+            elif change.channel_id:
+                live.resolved_at[change.alert_id] = change.at_ms
         if live.dirty or live.pending_closed:
             live.changed.set()
         for late_event in effects.late:

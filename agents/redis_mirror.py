@@ -21,8 +21,9 @@ a campaign and ``<id>`` a livestream id, each written through :func:`key_part`:
 - ``P alerts:active`` hash ``<rule>|<subject>`` -> JSON :class:`~schemas.alerts.AlertRecord` of every active alert
   (subject: livestream, or campaign for ``gmv_milestone``); a resolved alert's field is deleted.
 - ``P alerts:history`` hash ``alert_id`` -> JSON of the alert's firing record; once the mirror sees the alert
-  resolved, ``status`` is ``resolved`` and ``resolved_at_ms`` the livestream's newest event time then (``null``
-  for campaign alerts; the exact transitions are in the alerts topic). Expires ``WINDOW_TTL_S`` after its last write.
+  resolved, ``status`` is ``resolved`` and ``resolved_at_ms`` the event time of the resolution (the ``at_ms`` of
+  its record on the alerts topic; the livestream's newest event time if the resolving worker was not this one, and
+  ``null`` for campaign alerts). Expires ``WINDOW_TTL_S`` after its last write.
 
 Ids are any string of 1..128 characters (:mod:`schemas.events`), so inside keys they are escaped: ``%``, ``:``,
 ``{``, ``}`` and every character outside printable ASCII (spaces, newlines, ``ü``, ...) become ``%XX`` per UTF-8
@@ -385,6 +386,14 @@ class RedisMirror:
                 batch = _Batch(self.client)
         alerts_key, history_key = keys.active_alerts(), keys.alert_history()
         resolved: dict[str, AlertRecord] = {}
+        resolved_times = live.resolved_at
+        if len(resolved_times) > 10_000:  # resolutions of alerts this mirror never wrote: not needed
+            resolved_times.clear()
+
+        def resolved_at(record: AlertRecord) -> int:
+            """The resolution's event time (the newest event time of its livestream if it is not known)."""
+            return resolved_times.pop(record.alert_id, states[record.channel_id].max_ts_ms)
+
         written: dict[str, AlertRecord] = {}
         for channel_id, state in states.items():
             key = keys.channel(channel_id)
@@ -398,7 +407,7 @@ class RedisMirror:
                     batch.on(alerts_key).hset(alerts_key, field, msgspec.json.encode(record))
                     if before is not None and before.alert_id != record.alert_id:
                         batch.on(history_key).hset(
-                            history_key, before.alert_id, history_entry(before, state.max_ts_ms, resolved=True)
+                            history_key, before.alert_id, history_entry(before, resolved_at(before), resolved=True)
                         )
                     batch.on(history_key).hset(history_key, record.alert_id, history_entry(record))
                     batch.on(history_key).expire(history_key, WINDOW_TTL_S)
@@ -407,7 +416,7 @@ class RedisMirror:
                     batch.on(alerts_key).hdel(alerts_key, field)
                     if before is not None:
                         batch.on(history_key).hset(
-                            history_key, before.alert_id, history_entry(before, state.max_ts_ms, resolved=True)
+                            history_key, before.alert_id, history_entry(before, resolved_at(before), resolved=True)
                         )
                         batch.on(history_key).expire(history_key, WINDOW_TTL_S)
                         resolved[field] = before

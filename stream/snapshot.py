@@ -96,6 +96,9 @@ class LiveSnapshot:
     campaign_alerts: dict[str, dict[str, AlertRecord]] = field(default_factory=dict)
     """Active campaign alerts by campaign and rule (owned by the worker running the campaign aggregator)."""
     campaign_alerts_dirty: bool = False
+    resolved_at: dict[str, int] = field(default_factory=dict)
+    """Event time (``at_ms``) of each livestream alert resolution not yet written to the alert history, by alert
+    id; the Redis mirror takes them."""
     pending_campaign: list[tuple[str, int, Counters, int]] = field(default_factory=list)
     """Final campaign windows (campaign, start, counters, livestreams) not yet written to Redis."""
     alerts_fired: Counter[str] = field(default_factory=Counter)

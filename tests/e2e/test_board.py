@@ -10,7 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import msgspec
+
 from livestream.producer import produce_replay
+from schemas.alerts import AlertRecord
 from stream.replay.generator import FairReplay
 from stream.replay.incidents import ScriptedReplay
 from stream.replay.profile import OCOP_FAIR, scaled
@@ -109,6 +112,11 @@ def test_board_shows_the_fair_an_alert_that_clears_and_every_livestream(pipeline
     wait_until(lambda: pipeline.get_json("/api/v1/alerts")["items"] == [], 60, "the alert to clear")
     history = pipeline.get_json(f"/api/v1/alerts/history?channel={channel}")["items"]
     assert [(a["rule"], a["status"]) for a in history] == [("order_surge", "resolved")]
+    published = [
+        msgspec.json.decode(r.value or b"", type=AlertRecord) for r in pipeline.read_topic(settings.alerts_topic)
+    ]
+    resolution = [a for a in published if a.rule == "order_surge" and a.status == "resolved"]
+    assert len(resolution) == 1 and history[0]["resolved_at_ms"] == resolution[0].at_ms, "the resolution's time"
 
     dom = render_in_chromium(url, tmp_path / "chromium")
     assert 'data-loaded="1"' in dom and 'data-clipped="0"' in dom, "every figure fits its card"
