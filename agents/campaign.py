@@ -18,6 +18,7 @@ import msgspec
 from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
 from agents.emitted import AlertIndex, CampaignEmitted
 from agents.fold import raw_bytes, raw_table
+from agents.freeze import GUARD
 from agents.table_context import PartitionContext, PartitionedTable
 from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
@@ -104,6 +105,7 @@ class CampaignAggregator(ChunkProcessor):
                     alerts.extend(out.alerts)
         now_ms = int(time.time() * 1000)
         pending = []
+        GUARD.check()  # from here on: side effects (see agents/freeze.py)
         for window in windows:
             if self.emitted.already_emitted(window.campaign, window.start_ms, window.revision):
                 self.live.duplicate_windows_suppressed += 1
@@ -145,6 +147,7 @@ class CampaignAggregator(ChunkProcessor):
             self.alert_index.mark(change.alert_id, change.status)
         if pending:
             await asyncio.gather(*pending)
+        GUARD.check()
         self.states.set(STATE_KEY, campaign.encode(state), self.context)
         self.publish(state, now_ms)
         for change in alerts:

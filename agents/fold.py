@@ -40,6 +40,7 @@ from faust.types import TP
 from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
 from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
+from agents.freeze import GUARD
 from agents.startup import shorten_fetch_wait
 from agents.table_context import PartitionContext, PartitionedTable
 from agents.topic_reader import read_range
@@ -364,6 +365,7 @@ class Fold(ChunkProcessor):
                 records_seen += 1
                 fold_record(record, partition)
 
+        GUARD.check()  # from here on: side effects (see agents/freeze.py)
         for record, letter, index, raw in dead:
             live.dead_letters[letter.reason] += 1
             where = f"{settings.events_topic}[{record.partition}]@{record.offset}"
@@ -382,6 +384,7 @@ class Fold(ChunkProcessor):
         if pending:
             await asyncio.gather(*pending)
 
+        GUARD.check()
         # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
         # never see a channel's new state without its viewer ids).
         now_s = time.time()

@@ -64,6 +64,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from agents.freeze import GUARD
 from schemas.alerts import AlertRecord
 from stream.alerts import RULES
 from stream.settings import Settings
@@ -287,6 +288,7 @@ class RedisMirror:
         if len(stack) != len(batch.keys):
             raise RuntimeError(f"{len(stack)} commands queued for {len(batch.keys)} keys")
         commands = [str(args[0]) for args, _ in stack]
+        GUARD.check()  # a worker that stood still past its session must not write stale counters
         results: list[Any] = await batch.pipe.execute(raise_on_error=False)
         failed = [i for i, result in enumerate(results) if isinstance(result, Exception)]
         for i in failed:

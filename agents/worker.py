@@ -7,7 +7,7 @@ import logging
 
 import faust
 
-from agents import api, board, campaign, fold, metrics, redis_mirror
+from agents import api, board, campaign, fold, freeze, metrics, redis_mirror
 from agents.startup import prepare_kafka
 from stream.app import create_app
 from stream.settings import Settings
@@ -23,6 +23,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     metrics.register(app, settings, live)
     api.register(app, settings, live)
     board.register(app, settings, live)
+    freeze.install(app, settings.data_dir, app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval)
     return app, live
 
 

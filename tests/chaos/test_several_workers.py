@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from agents.freeze import EXIT_FROZEN
 from tests.chaos.test_failures import FAST_IDLE, SCALE, BackgroundReplay, assert_exact
 from tests.support import Pipeline, wait_until
 
@@ -123,5 +124,32 @@ def test_two_producers_with_different_partitioners_two_workers(pipeline: Pipelin
         for port in pipeline.ports
     )
     assert misrouted > 0, "the crc32 placement must differ from murmur2 for some livestreams"
+    assert_committed_to_the_end(pipeline)
+    assert_no_crash(pipeline)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [1, 50], ids=["single-events", "envelopes"])
+def test_a_worker_paused_past_its_session_timeout_comes_back(pipeline: Pipeline, batch: int) -> None:
+    """A worker frozen (SIGSTOP: a VM pause, a stuck host) for longer than the session timeout loses its partitions
+    to the other worker while it still holds a batch in progress; when it runs again it must not publish or save
+    anything of that batch, nor write stale counters to Redis."""
+    pipeline.extra_env.update(FAST_IDLE)
+    for index in range(2):
+        pipeline.start_worker(index=index)
+    replay = BackgroundReplay(pipeline, seed=35, batch=batch)
+    replay.at(0.35)
+    paused = pipeline.workers[0]
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(15)  # the session timeout is 10 s
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    # It fences itself: exits at once, its local tables discarded; its supervisor starts it again.
+    assert paused.wait(30) == EXIT_FROZEN
+    assert "stood still" in pipeline.worker_log(0)
+    pipeline.start_worker(index=0)
+    result = replay.join()
+    assert_exact(pipeline, result.oracle, seed=35, scale=SCALE)
     assert_committed_to_the_end(pipeline)
     assert_no_crash(pipeline)
