@@ -40,19 +40,28 @@ class FreezeGuard:
         self.limit_s = limit_s
         self.tables_dir = tables_dir
         self.last_tick = time.monotonic()
+        self.armed = False
+        """Set when the watchdog runs: the worker's start (imports, Kafka checks, recovery) is not a stall."""
 
     def check(self) -> None:
         """Before a side effect: exit if the loop stood still too long since the watchdog last ran."""
+        if not self.armed:
+            return
         stood_still = time.monotonic() - self.last_tick
         if stood_still > self.limit_s:
             self.trip(stood_still)
 
     async def watch(self) -> None:
-        """The watchdog task (runs for the worker's lifetime)."""
-        while True:
-            self.check()
-            self.last_tick = time.monotonic()
-            await asyncio.sleep(TICK_S)
+        """The watchdog task (runs for the worker's lifetime; the guard is armed from its first tick)."""
+        self.last_tick = time.monotonic()
+        self.armed = True
+        try:
+            while True:
+                self.check()
+                self.last_tick = time.monotonic()
+                await asyncio.sleep(TICK_S)
+        finally:
+            self.armed = False
 
     def trip(self, stood_still: float) -> None:
         log.critical(
@@ -76,7 +85,6 @@ def install(app: object, data_dir: Path, session_timeout_s: float, heartbeat_int
     """Arm :data:`GUARD` for a worker and run its watchdog as an app task."""
     GUARD.limit_s = max(1.0, session_timeout_s - heartbeat_interval_s - 1.0)
     GUARD.tables_dir = data_dir / "v1" / "tables"
-    GUARD.last_tick = time.monotonic()
 
     async def freeze_watchdog() -> None:
         await GUARD.watch()

@@ -10,9 +10,11 @@ from pathlib import Path
 from agents.freeze import EXIT_FROZEN, FreezeGuard
 
 
-def test_a_loop_that_kept_running_passes() -> None:
-    guard = FreezeGuard(limit_s=5.0, tables_dir=None)
-    guard.check()  # just created: no exit
+def test_the_guard_is_inert_until_its_watchdog_runs() -> None:
+    guard = FreezeGuard(limit_s=0.0, tables_dir=None)
+    guard.last_tick -= 60  # a slow start (imports, Kafka checks, recovery) is not a stall
+    guard.check()  # no exit
+    assert not guard.armed
 
 
 def test_a_loop_that_stood_still_exits_and_discards_the_tables(tmp_path: Path) -> None:
@@ -25,6 +27,8 @@ def test_a_loop_that_stood_still_exits_and_discards_the_tables(tmp_path: Path) -
         from pathlib import Path
         from agents.freeze import FreezeGuard
         guard = FreezeGuard(limit_s=0.2, tables_dir=Path({str(tmp_path / "v1" / "tables")!r}))
+        guard.armed = True  # as when its watchdog runs
+        guard.last_tick = time.monotonic()
         time.sleep(0.5)  # as if the process had been stopped
         guard.check()
         print("not reached")
