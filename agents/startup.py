@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -63,7 +64,25 @@ async def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
     )
 
 
-async def ensure_topics(settings: Settings) -> None:
+def changelog_topics(app: Any) -> list[NewTopic]:
+    """The changelog topics of ``app``'s tables, as faust would create them (compacted, the table's configs).
+
+    Created before the worker starts: faust creates them itself while starting, and a table written before the
+    new topic's partitions appear in the client's metadata fails faust's partition check (``PartitionsMismatch``:
+    the changelog "has 0 partitions"), seen on a freshly started broker.
+    """
+    topics = []
+    for table in app.tables.values():
+        changelog = table.changelog_topic
+        configs = {"cleanup.policy": "compact", **{k: str(v) for k, v in (changelog.config or {}).items()}}
+        partitions = changelog.partitions or app.conf.topic_partitions
+        replicas = changelog.replicas or app.conf.topic_replication_factor
+        topics.append(NewTopic(table.changelog_topic_name, partitions, replicas, topic_configs=configs))
+    return topics
+
+
+async def ensure_topics(settings: Settings, extra: Sequence[NewTopic] = ()) -> None:
+    """Create the pipeline's topics (and ``extra`` ones) that do not exist yet."""
     admin = AIOKafkaAdminClient(**settings.kafka_client_options())
     await admin.start()
     try:
@@ -76,6 +95,7 @@ async def ensure_topics(settings: Settings) -> None:
             NewTopic(settings.alerts_topic, settings.partitions, 1),
             NewTopic(settings.dlq_topic, 1, 1),
             NewTopic(settings.late_topic, 1, 1),
+            *extra,
         ]
         existing = set(await admin.list_topics())
         missing = [topic for topic in wanted if topic.name not in existing]
@@ -105,9 +125,9 @@ async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
         await consumer.stop()
 
 
-async def prepare_kafka(settings: Settings) -> None:
+async def prepare_kafka(settings: Settings, extra_topics: Sequence[NewTopic] = ()) -> None:
     await check_kafka(settings)
-    await ensure_topics(settings)
+    await ensure_topics(settings, extra_topics)
     try:
         await commit_initial_offsets(settings)
     except Exception as exc:

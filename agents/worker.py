@@ -8,7 +8,7 @@ import logging
 import faust
 
 from agents import api, board, campaign, fold, freeze, metrics, redis_mirror
-from agents.startup import prepare_kafka
+from agents.startup import changelog_topics, prepare_kafka
 from stream.app import create_app
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
@@ -31,7 +31,7 @@ def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM (faust stops gracefully, flushing and committing)."""
     app, _ = build_worker(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(prepare_kafka(settings))
+    asyncio.run(prepare_kafka(settings, changelog_topics(app)))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     worker.execute_from_commandline()
