@@ -27,23 +27,15 @@ from typing import Final, Generic, TypeVar
 import msgspec
 
 from schemas.events import MAX_BATCH_EVENTS, MAX_JSON_DEPTH, MAX_RECORD_BYTES, Event
-from stream.decode import DeadLetter, TimeBounds, decode_event
+from stream.decode import DEAD_LETTER_REASONS, DeadLetter, TimeBounds, decode_event
 
 EVENT_MAX_DEPTH: Final = MAX_JSON_DEPTH - 2
 """Deepest nesting of one event sent to the gateway: its envelope adds two levels (object and ``events`` array)."""
 
-REJECT_REASONS: Final = (
-    "oversized",
-    "too_deep",
-    "bad_encoding",
-    "bad_json",
-    "schema_invalid",
-    "unknown_type",
-    "unsupported_version",
-    "ts_future",
-    "ts_past",
-    "forbidden",
-)
+_RECORD_ONLY_REASONS: Final = frozenset({"null_value", "key_mismatch", "mixed_channels"})
+"""Dead-letter reasons of a Kafka record as a whole, which one event of a request cannot have."""
+
+REJECT_REASONS: Final = (*(r for r in DEAD_LETTER_REASONS if r not in _RECORD_ONLY_REASONS), "forbidden")
 """Why one event of a request is rejected: the decoder's event reasons, plus ``forbidden`` (outside the token's
 campaigns and livestream prefixes). ``oversized`` is the gateway's per-event limit here."""
 
