@@ -17,9 +17,8 @@ import msgspec
 
 from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
 from agents.emitted import AlertIndex, CampaignEmitted
-from agents.fold import raw_bytes, raw_table
 from agents.freeze import GUARD
-from agents.table_context import PartitionContext, PartitionedTable
+from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
 from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
 from schemas.stats import CampaignWindowStats

@@ -1,18 +1,19 @@
-"""The processing agent: ``<namespace>.events`` -> per-livestream state (RocksDB table) and the live snapshot.
+"""The processing agent: ``<namespace>.events`` -> per-livestream state (RocksDB tables) and the live snapshot.
 
 Records arrive in chunks (one per partition and fetch, ``agents/bulk_consumer.py``) and are processed in
-batches of up to ``batch_max_records`` records, under the revocation fence of :class:`ChunkProcessor`:
+batches of up to ``batch_max_records`` records, under the revocation fence of :class:`ChunkProcessor`. What a
+batch *does* is decided by the pure :class:`stream.fold.BatchFold`; this module is the I/O around it, in the order
+:meth:`Fold.process_chunks` states:
 
-1. every record is checked against its partition's cursor (the last offset processed there, kept in a table):
-   records at or below it are skipped, a jump past it is filled by reading the missing records from Kafka;
-2. a record on a partition other than the one its key maps to (murmur2, as the Java client and aiokafka place
-   keys) is forwarded to the right partition, where its livestream's state lives, and counted;
-3. the record is decoded (bad records, and bad events inside envelopes, go to the dead-letter topic) and folded
-   into its livestream's state, read from the table once per batch; after each record the livestream's windows
-   that its own watermark has passed are closed at once, so lateness never depends on how records were batched;
-4. final windows, alert transitions and campaign copies are produced and *acknowledged by Kafka*; windows found
-   already emitted (a crash between emitting and saving) are not sent again;
-5. each touched state is written to the table once, the live snapshot updated, with no ``await`` in between.
+1. **read**: each record is checked against its partition's cursor (the last offset processed there, kept in a
+   table): records at or below it are skipped, a jump past it is filled by reading the missing records from Kafka;
+2. **fold**: one call of :meth:`stream.fold.BatchFold.fold` with the tables as its store;
+3. **publish**: dead letters, forwards (records on a partition other than their key's murmur2 partition, produced
+   to the right one), final windows (minus those found already emitted: a crash between emitting and saving),
+   alert transitions and campaign copies, *acknowledged by Kafka*;
+4. **save**: the cursor, dedup and order rows and every state the fold names are written to the tables and the
+   live snapshot is updated, with no ``await`` in between;
+5. late copies and campaign progress follow.
 
 Offsets are committed by the processor after the producer (changelog included) was flushed, so a committed
 offset never runs ahead of the state it produced; on revocation the batch in progress finishes first.
@@ -42,68 +43,24 @@ from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.freeze import GUARD
 from agents.startup import shorten_fetch_wait
-from agents.table_context import PartitionContext, PartitionedTable
+from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
 from agents.topic_reader import read_range
 from schemas.alerts import AlertRecord
 from schemas.stats import WindowStats
 from stream import campaign
-from stream.alerts import (
-    AlertChange,
-    evaluate_closed_window,
-    evaluate_gap,
-    evaluate_silence,
-    load_rules,
-    resolve_if_active,
-    stream_down_gap_ms,
-)
-from stream.clock import PartitionClocks, TickHealth, quiet_ms
-from stream.decode import DeadLetter, TimeBounds, decode_record
+from stream.alerts import AlertChange, load_rules
+from stream.clock import TickHealth
+from stream.fold import TICK_HEADER, BatchFold, BatchOutput, FoldConfig, SourceRecord, encode_tick
 from stream.settings import Settings
-from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
-from stream.state import (
-    ChannelState,
-    FoldEffects,
-    IdBucket,
-    IdRow,
-    IdRows,
-    OrderBook,
-    OrderRow,
-    WindowSpec,
-    apply_record,
-    close_windows,
-    decode_state,
-    encode_state,
-    ended_watermark,
-    idle_watermark,
-    watermark,
-)
+from stream.snapshot import ClosedWindow, LiveSnapshot
+from stream.state import ChannelState, IdRow, OrderRow, decode_state, encode_state
 
 log = logging.getLogger(__name__)
-TICK_HEADER = "livestream-tick"
-"""Header that marks an idle-tick record (its key is the partition number; never a livestream's record)."""
-
-
-class _Tick(msgspec.Struct):
-    healthy_since_ms: int = -1
-
-
-_tick_decoder = msgspec.json.Decoder(_Tick)
-
-
-def tick_healthy_since(value: bytes | None) -> int:
-    """The ``healthy_since_ms`` a tick record carries (-1 when absent or unreadable: no floor)."""
-    try:
-        return _tick_decoder.decode(value or b"{}").healthy_since_ms
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return -1
-
 
 FORWARDED_HEADER = "livestream-forwarded-from"
 CURSOR_KEY = b"\x00cursor"
-"""Key of a partition's cursor row in the event-ids table (id rows are ``channel|bucket``)."""
+"""Key of a partition's cursor row in the event-ids table (id rows are ``bucket|part|channel``)."""
 _stats_encoder = msgspec.json.Encoder()
-ID_CACHE_BUCKETS = 20_000
-"""Dedup minutes kept in memory across batches (cleared when exceeded; a few hundred bytes to a few MB each)."""
 _id_encoder = msgspec.msgpack.Encoder()
 _id_decoder = msgspec.msgpack.Decoder(dict[str, int])
 
@@ -119,55 +76,55 @@ def order_row_key(channel_id: str, order_id: str) -> bytes:
     return _id_encoder.encode((channel_id, order_id))
 
 
-def raw_bytes() -> faust.Schema:
-    """A bytes-in, bytes-out schema. Each topic and table needs its own instance: a Schema shared between the
-    events topic and a table made faust 0.15.3 acknowledge the topic's records without delivering them."""
-    return faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+def murmur2_partitioner(partitions: int) -> Callable[[bytes], int]:
+    """The partition a key belongs on: murmur2 of the key, as the Java client's and aiokafka's partitioners."""
+
+    def home(key: bytes) -> int:
+        return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+    return home
 
 
-def raw_table(app: faust.App, name: str, partitions: int, help_text: str, settings: Settings) -> Any:
-    """A RocksDB-backed table of raw bytes (key and value types must be set on the Table itself).
+class TableStore:
+    """The fold's :class:`stream.fold.FoldStore` over the worker's three tables (each key in its partition)."""
 
-    RocksDB buffers are sized for a worker's share of a fair, not faust's server defaults (64 MB memtables, three
-    of them, and a 2 GB block cache per table partition), which would let a worker grow to gigabytes.
-    """
-    return app.Table(
-        name,
-        default=None,
-        partitions=partitions,
-        help=help_text,
-        key_type=bytes,
-        value_type=bytes,
-        schema=raw_bytes(),
-        # Compaction only works on closed segments: small segments let the changelog be compacted during a fair,
-        # so a takeover replays the latest value per key, not every write since the start.
-        extra_topic_configs={
-            "segment.bytes": str(settings.changelog_segment_mb * 1024 * 1024),
-            "segment.ms": str(10 * 60 * 1000),
-            "min.cleanable.dirty.ratio": "0.1",
-        },
-        options={
-            "write_buffer_size": settings.rocksdb_write_buffer_mb * 1024 * 1024,
-            "max_write_buffer_number": 2,
-            "target_file_size_base": 16 * 1024 * 1024,
-            "block_cache_size": settings.rocksdb_block_cache_mb * 1024 * 1024,
-        },
-    )
+    def __init__(self, states: PartitionedTable, ids: PartitionedTable, orders: PartitionedTable, topic: str) -> None:
+        self.states, self.ids, self.orders = states, ids, orders
+        self.contexts: dict[int, PartitionContext] = {}
+        self.topic = topic
 
+    def context(self, partition: int) -> PartitionContext:
+        found = self.contexts.get(partition)
+        if found is None:
+            found = self.contexts[partition] = PartitionContext(self.topic, partition)
+        return found
 
-def window_spec(settings: Settings) -> WindowSpec:
-    return WindowSpec(
-        size_ms=settings.window_size_s * 1000,
-        grace_ms=settings.window_grace_s * 1000,
-        lateness_ms=settings.allowed_lateness_s * 1000,
-        hop_windows=settings.hop_windows,
-        dedup_horizon_ms=settings.dedup_horizon_s * 1000,
-        idle_timeout_ms=int(settings.idle_timeout_s * 1000),
-    )
+    def state(self, channel_id: str, partition: int) -> ChannelState | None:
+        stored = self.states.get(channel_id.encode(), self.context(partition))
+        return decode_state(stored) if stored is not None else None
+
+    def id_row(self, channel_id: str, bucket: int, part: int, partition: int) -> IdRow:
+        stored = self.ids.get(id_row_key(channel_id, bucket, part), self.context(partition))
+        return _id_decoder.decode(stored) if stored is not None else {}
+
+    def order_row(self, channel_id: str, order_id: str, partition: int) -> OrderRow:
+        stored = self.orders.get(order_row_key(channel_id, order_id), self.context(partition))
+        return _id_decoder.decode(stored) if stored is not None else {}
+
+    def save(self, output: BatchOutput) -> None:
+        """Write the rows and states a batch names (no await: one step with the live snapshot's update)."""
+        for (channel_id, bucket, part), row, partition in output.id_writes:
+            self.ids.set(id_row_key(channel_id, bucket, part), _id_encoder.encode(row), self.context(partition))
+        for (channel_id, order_id), row, partition in output.order_writes:
+            self.orders.set(order_row_key(channel_id, order_id), _id_encoder.encode(row), self.context(partition))
+        for (channel_id, bucket, part), partition in output.id_deletes:
+            self.ids.delete(id_row_key(channel_id, bucket, part), self.context(partition))
+        for state in output.states:
+            self.states.set(state.channel_id.encode(), encode_state(state), self.context(state.partition))
 
 
 class Fold(ChunkProcessor):
-    """The events processor: topics, the state table, the emitted-window index, the live snapshot."""
+    """The events processor: topics, the tables, the emitted-window index, the pure fold and the live snapshot."""
 
     def __init__(self, app: faust.App, settings: Settings, live: LiveSnapshot) -> None:
         super().__init__(
@@ -179,7 +136,9 @@ class Fold(ChunkProcessor):
         )
         self.settings = settings
         self.live = live
-        self.spec = window_spec(settings)
+        self.rules = load_rules(settings.alert_rules)
+        self.core = BatchFold(FoldConfig.from_settings(settings, self.rules, murmur2_partitioner(settings.partitions)))
+        self.spec = self.core.config.spec
         parts = settings.partitions
         self.events_topic = app.topic(settings.events_topic, partitions=parts, schema=raw_bytes(), acks=False)
         self.dlq_topic = app.topic(settings.dlq_topic, partitions=1, schema=raw_bytes())
@@ -191,161 +150,73 @@ class Fold(ChunkProcessor):
             ),
         }
         self.table = raw_table(app, "channel-state", parts, "ChannelState per livestream", settings)
-        self.states = PartitionedTable(self.table)
         self.ids_table = raw_table(
             app, "event-ids", parts, "applied event ids per livestream and event-time minute (retry dedup)", settings
         )
-        self.id_rows = PartitionedTable(self.ids_table)
         self.orders_table = raw_table(
             app, "orders", parts, "counted statuses per (livestream, order id) within the order horizon", settings
         )
-        self.order_rows = PartitionedTable(self.orders_table)
-        # The offset of the last events record processed per partition lives in the same table, in its partition,
-        # under a key no livestream can have (one RocksDB per table partition is memory; a table of 4 keys is waste).
-        self.cursor_rows = self.id_rows
+        self.store = TableStore(
+            PartitionedTable(self.table),
+            PartitionedTable(self.ids_table),
+            PartitionedTable(self.orders_table),
+            settings.events_topic,
+        )
+        # The offset of the last events record processed per partition lives in the event-ids table, in its
+        # partition, under a key no livestream can have (one RocksDB per table partition is memory).
+        self.cursor_rows = self.store.ids
         self.cursors = self.processed
-        self.contexts = {p: PartitionContext(settings.events_topic, p) for p in range(parts)}
         self.emitted = EmittedIndex(
             settings.kafka_client_options(), [settings.stats_1m_topic, settings.stats_hop_topic]
         )
-        self.rules = load_rules(settings.alert_rules)
         self.alerts_topic = app.topic(settings.alerts_topic, partitions=parts, schema=raw_bytes())
         self.alert_index = AlertIndex(settings.kafka_client_options(), settings.alerts_topic)
         self.campaign_topic = app.topic(settings.campaign_input_topic, partitions=1, schema=raw_bytes())
-        self.clocks = PartitionClocks(settings.max_clock_lead_s * 1000)
-        """Event-time clocks of owned events partitions (:mod:`stream.clock`)."""
-        self.progress_sent: dict[int, tuple[int, bool]] = {}
-        self.partition_wall: dict[int, int] = {}
         self.tick_health = TickHealth(
             healthy_since_ms=int(time.time() * 1000), outage_after_ms=int(max(settings.idle_tick_s, 5.0) * 1000)
         )
         self.tick_sends: list[Any] = []
-        """Wall-clock (Kafka) timestamp of the newest record applied per partition (campaign idleness)."""
-        self.key_partitions: dict[bytes, int] = {}
-        """Partition each record key maps to (murmur2), cached."""
-        self.id_cache: dict[tuple[str, int], IdBucket] = {}
-        """Dedup minutes read from the table, kept across batches while the partitions stay owned."""
 
     def forget(self, partitions: set[int]) -> None:
         super().forget(partitions)
         self.live.drop_partitions(partitions)
-        self.id_cache.clear()
-        for partition in partitions:
-            self.clocks.forget(partition)
-            self.progress_sent.pop(partition, None)
-            self.partition_wall.pop(partition, None)
+        self.core.forget(partitions)
         self.emitted.forget(partitions)
         self.alert_index.forget(partitions)
 
-    def home_partition(self, key: bytes) -> int:
-        """The partition a key belongs on: murmur2 of the key, as the Java client's and aiokafka's partitioners."""
-        found = self.key_partitions.get(key)
-        if found is None:
-            if len(self.key_partitions) > 200_000:
-                self.key_partitions.clear()
-            found = self.key_partitions[key] = (murmur2(key) & 0x7FFFFFFF) % self.settings.partitions
-        return found
+    def load_owned_states(self) -> None:
+        """Every state of the owned table partitions into the fold's index and the live snapshot (after recovery)."""
+        for _key, value in self.table.items():
+            state = decode_state(value)
+            self.core.index.update(state)
+            self.live.update(state)
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
-        settings, live, spec = self.settings, self.live, self.spec
-        batch_partitions = {chunk.partition for chunk in chunks}
-        if not batch_partitions <= self.emitted.loaded or not batch_partitions <= self.alert_index.loaded:
-            # Read back every owned partition at once (records of the others are usually next).
-            owned = set(self.owned) | batch_partitions
-            await asyncio.gather(self.emitted.load(owned), self.alert_index.load(owned))
+        """One batch, in this order: read (cursor, gaps), fold (pure), publish and wait for Kafka, save (tables and
+        live snapshot together), then late copies and campaign progress. The processor commits offsets later."""
+        partitions = {chunk.partition for chunk in chunks}
+        await self._load_indexes(partitions)
+        records = await self._in_order(chunks)
         now_ms = int(time.time() * 1000)
-        bounds = TimeBounds(now_ms - settings.max_past_days * 86_400_000, now_ms + settings.max_future_s * 1000)
-        effects = FoldEffects(gap_ms=stream_down_gap_ms(self.rules))
-        touched: dict[str, ChannelState] = {}
-        ticks: dict[int, tuple[int, int]] = {}  # per partition: the last tick's (wall time, healthy since)
-        tick_records = [0]
-        contexts = self.contexts
-        current = [0]  # the partition of the record being folded: the id rows' partition
+        output = self.core.fold(records, self.store, now_ms)
+        GUARD.check()  # from here on: side effects (see agents/freeze.py)
+        await self._publish(output, now_ms)
+        GUARD.check()
+        self._save(output, partitions)
+        await self._send_late(output)
+        if self.live.ready:
+            await self._send_progress(partitions, output.ticks)
 
-        def load_ids(channel_id: str, bucket: int, part: int) -> IdRow:
-            stored = self.id_rows.get(id_row_key(channel_id, bucket, part), contexts[current[0]])
-            return _id_decoder.decode(stored) if stored is not None else {}
+    async def _load_indexes(self, partitions: set[int]) -> None:
+        if not partitions <= self.emitted.loaded or not partitions <= self.alert_index.loaded:
+            # Read back every owned partition at once (records of the others are usually next).
+            owned = set(self.owned) | partitions
+            await asyncio.gather(self.emitted.load(owned), self.alert_index.load(owned))
 
-        if len(self.id_cache) > ID_CACHE_BUCKETS:
-            self.id_cache.clear()
-        ids = IdRows(load_ids, self.id_cache)
-
-        def load_order(channel_id: str, order_id: str) -> OrderRow:
-            stored = self.order_rows.get(order_row_key(channel_id, order_id), contexts[current[0]])
-            return _id_decoder.decode(stored) if stored is not None else {}
-
-        orders = OrderBook(load_order, settings.order_horizon_s * 1000)
-        dead: list[tuple[Any, DeadLetter, int | None, bytes | None]] = []
-        forward: list[Any] = []
-        changes: list[tuple[AlertChange, int]] = []
-        finals: list[tuple[ClosedWindow, int]] = []
-        copies: list[campaign.ChannelWindowCopy] = []
-        partition_wall = self.partition_wall
-        rules = self.rules
-        clocks = self.clocks
-        lead_ms = settings.max_clock_lead_s * 1000
-        home = self.home_partition
-        records_seen = 0
-
-        def close(state: ChannelState, mark: int, partition: int) -> None:
-            for window in close_windows(state, mark, spec):
-                channel_id = state.channel_id
-                closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
-                finals.append((closed, partition))
-                one_minute = window.size_ms == spec.size_ms
-                changes.extend((c, partition) for c in evaluate_closed_window(state, window, self.rules, one_minute))
-                if one_minute:
-                    copies.append(
-                        campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
-                    )
-
-        def scan(partition: int, tick_ms: int, healthy_since_ms: int = -1) -> None:
-            changes.extend(self._scan_partition(partition, tick_ms, touched, close, healthy_since_ms))
-
-        def fold_record(record: Any, partition: int) -> None:
-            key, value, headers = record.key, record.value, record.headers
-            if headers and any(name == TICK_HEADER for name, _ in headers):
-                healthy_since = tick_healthy_since(value)
-                ticks[partition] = (record.timestamp, healthy_since)
-                tick_records[0] += 1
-                scan(partition, record.timestamp, healthy_since)
-                return
-            if key is not None and home(key) != partition:
-                forward.append(record)
-                return
-            produced_ms = record.timestamp
-            partition_wall[partition] = produced_ms
-            result = decode_record(key, value, bounds)
-            if isinstance(result, DeadLetter):
-                dead.append((record, result, None, None))
-                return
-            for rejected in result.rejected:
-                dead.append((record, DeadLetter(rejected.reason, rejected.message), rejected.index, rejected.raw))
-            if not result.events:
-                return
-            channel_id = result.channel_id
-            state = touched.get(channel_id)
-            if state is None:
-                state = touched[channel_id] = self._state(channel_id, partition)
-            current[0] = partition
-            gaps_before = len(effects.gaps)
-            if not apply_record(
-                state, result.events, partition, record.offset, spec, effects, produced_ms, ids, orders
-            ):
-                return
-            # Everything a record decides is decided at its position in the partition, never per batch: windows
-            # its livestream's watermark passed, a silence it ends, and the checks of a partition clock it moves.
-            close(state, watermark(state, spec), partition)
-            for gap in effects.gaps[gaps_before:]:
-                changes.extend((c, partition) for c in evaluate_gap(state, gap, rules))
-            if state.alerts:
-                back = resolve_if_active(state, rules)
-                if back is not None:
-                    changes.append((back, partition))
-            if clocks.advance(partition, channel_id, min(state.max_ts_ms, produced_ms + lead_ms)):
-                scan(partition, -1)
-
+    async def _in_order(self, chunks: list[Chunk]) -> list[SourceRecord]:
+        """The chunks' records not processed before, each partition's in offset order, gaps filled from Kafka."""
         cursors = self.cursors
+        records: list[SourceRecord] = []
         for chunk in chunks:
             partition = chunk.partition
             cursor = cursors.get(partition)
@@ -354,45 +225,44 @@ class Fold(ChunkProcessor):
                 if cursor is None or offset != cursor + 1:
                     if cursor is not None and offset <= cursor:
                         continue  # fetched again after a seek back to the committed offset: already processed
-                    missed = await self._missing(partition, offset)
-                    for earlier in missed:
-                        fold_record(earlier, partition)
-                    records_seen += len(missed)
+                    records.extend(await self._missing(partition, offset))
                     cursor = cursors[partition]
                     if offset <= cursor:
                         continue
                 cursors[partition] = cursor = offset
-                records_seen += 1
-                fold_record(record, partition)
+                records.append(record)
+        return records
 
-        GUARD.check()  # from here on: side effects (see agents/freeze.py)
-        for record, letter, index, raw in dead:
-            live.dead_letters[letter.reason] += 1
+    async def _publish(self, output: BatchOutput, now_ms: int) -> None:
+        """Dead letters and forwards, then final windows, alert transitions and campaign copies sent together; wait
+        until Kafka has them all (before the state that marks them done is saved)."""
+        settings = self.settings
+        for dead in output.dead_letters:
+            record, letter = dead.record, dead.letter
+            self.live.dead_letters[letter.reason] += 1
             where = f"{settings.events_topic}[{record.partition}]@{record.offset}"
-            if index is not None:
-                where += f" event #{index}"
+            if dead.index is not None:
+                where += f" event #{dead.index}"
             log.warning("dead letter %s at %s: %s", letter.reason, where, letter.message)
-            await send_dead_letter(self.dlq_topic, record, settings.events_topic, letter, index, raw)
-        if forward:
-            await self._forward(forward)
-
-        # Final windows, alert transitions and campaign copies: sent together, then wait until Kafka has them all
-        # (before the state that marks them done is saved).
-        pending = await self._emit(finals, now_ms)
-        pending += await self._emit_alerts(changes, now_ms)
-        pending += await self._send_copies(copies)
+            await send_dead_letter(self.dlq_topic, record, settings.events_topic, letter, dead.index, dead.raw)
+        if output.forwards:
+            await self._forward(output.forwards)
+        pending = await self._emit(output.finals, now_ms)
+        pending += await self._emit_alerts(output.alert_changes, now_ms)
+        pending += await self._send_copies(output.campaign_copies)
         if pending:
             await asyncio.gather(*pending)
 
-        GUARD.check()
-        # Every state change and live-snapshot update together, with no await in between (the Redis mirror must
-        # never see a channel's new state without its viewer ids).
+    def _save(self, output: BatchOutput, partitions: set[int]) -> None:
+        """Cursor rows, dedup and order rows, states and the live snapshot, with no await in between (the Redis
+        mirror must never see a livestream's new state without its viewer ids)."""
+        live, settings = self.live, self.settings
         now_s = time.time()
-        for partition in batch_partitions:
-            cursor = cursors.get(partition)
+        for partition in partitions:
+            cursor = self.cursors.get(partition)
             if cursor is None:
                 continue
-            self.cursor_rows.set(CURSOR_KEY, str(cursor).encode(), contexts[partition])
+            self.cursor_rows.set(CURSOR_KEY, str(cursor).encode(), self.store.context(partition))
             live.progress_at_s[partition] = now_s
             try:
                 highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
@@ -400,47 +270,33 @@ class Fold(ChunkProcessor):
                 highwater = None
             if highwater is not None:
                 live.lag[partition] = max(0, highwater - self.committed.get(partition, cursor + 1))
-        for channel_id, bucket, part in ids.changed:
-            self.id_rows.set(
-                id_row_key(channel_id, bucket, part),
-                _id_encoder.encode(ids.rows[(channel_id, bucket, part)]),
-                contexts[touched[channel_id].partition],
-            )
-        for channel_id, order_id in orders.changed:
-            self.order_rows.set(
-                order_row_key(channel_id, order_id),
-                _id_encoder.encode(orders.rows[(channel_id, order_id)]),
-                contexts[touched[channel_id].partition],
-            )
-        for channel_id, bucket, part in ids.dropped:
-            self.id_rows.delete(id_row_key(channel_id, bucket, part), contexts[touched[channel_id].partition])
-        closed_channels = {closed.channel_id for closed, _ in finals} | {c.channel_id for c, _ in changes}
-        for channel_id, state in touched.items():
-            if channel_id in effects.touched or channel_id in closed_channels or channel_id not in live.channels:
-                self.states.set(channel_id.encode(), encode_state(state), contexts[state.partition])
-                live.update(state)
-        live.add_viewers(effects.viewers)
-        live.pending_closed.extend(closed for closed, _ in finals)
-        live.windows_closed += len(finals)
-        live.records_processed += records_seen - tick_records[0]
-        live.events_processed += effects.applied_events
-        live.redelivered_records += effects.redelivered_records
-        live.duplicate_events += effects.duplicate_events
-        live.duplicate_order_updates += effects.duplicate_orders
-        live.late_events += len(effects.late)
-        live.misrouted_records += len(forward)
-        for change, _ in changes:
+        self.store.save(output)
+        for state in output.states:
+            live.update(state)
+        live.add_viewers(output.viewers)
+        live.pending_closed.extend(closed for closed, _ in output.finals)
+        counters = output.counters
+        live.windows_closed += len(output.finals)
+        live.records_processed += counters.records
+        live.events_processed += counters.applied_events
+        live.redelivered_records += counters.redelivered_records
+        live.duplicate_events += counters.duplicate_events
+        live.duplicate_order_updates += counters.duplicate_orders
+        live.late_events += len(output.late)
+        live.misrouted_records += counters.misrouted_records
+        for change, _ in output.alert_changes:
             if change.status == "firing":
                 live.alerts_fired[change.rule] += 1
             elif change.channel_id:
                 live.resolved_at[change.alert_id] = change.at_ms
         if live.dirty or live.pending_closed:
             live.changed.set()
-        for late_event in effects.late:
-            await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
-        await self._send_progress(batch_partitions, ticks)
 
-    async def _forward(self, records: list[Any]) -> None:
+    async def _send_late(self, output: BatchOutput) -> None:
+        for late_event in output.late:
+            await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
+
+    async def _forward(self, records: list[tuple[SourceRecord, int]]) -> None:
         """Records on a partition other than their key's: produce them to the right one, where the livestream's
         state lives (original key, value and headers, plus where they came from), and wait until Kafka has them.
 
@@ -448,14 +304,13 @@ class Fold(ChunkProcessor):
         so the livestream's dedup counts them once.
         """
         pending = []
-        for record in records:
-            target = self.home_partition(record.key)
+        for record, target in records:
             log.warning(
                 "record %s[%d]@%d has key %r of partition %d: forwarded",
                 self.settings.events_topic,
                 record.partition,
                 record.offset,
-                record.key[:64],
+                (record.key or b"")[:64],
                 target,
             )
             headers = [*(record.headers or ()), (FORWARDED_HEADER, f"{record.partition}@{record.offset}".encode())]
@@ -465,68 +320,6 @@ class Fold(ChunkProcessor):
                 )
             )
         await asyncio.gather(*pending)
-
-    def _scan_partition(
-        self,
-        partition: int,
-        tick_ms: int,
-        touched: dict[str, ChannelState],
-        close: Callable[[ChannelState, int, int], None],
-        healthy_since_ms: int = -1,
-    ) -> list[tuple[AlertChange, int]]:
-        """The partition-level checks, at one record's position: ended livestreams whose last windows can close
-        (:func:`stream.state.ended_watermark`), ``stream_down`` (:func:`stream.alerts.evaluate_silence`) and, at
-        an idle tick (``tick_ms`` >= 0), idle livestreams whose windows close (:func:`stream.state.idle_watermark`).
-        Livestreams whose state is needed are loaded into ``touched``.
-
-        At a tick a livestream's own clock also runs on with the wall time since its last record: the tick is
-        processed after every record produced before it. Wall-clock silence is counted from the ticking worker's
-        ``healthy_since_ms`` at the earliest (:class:`stream.clock.TickHealth`): a Kafka outage is not silence.
-        """
-        rule = self.rules.stream_down
-        spec, live = self.spec, self.live
-        silence_ms, grace_ms = (rule.silence_s + rule.skew_s) * 1000, spec.grace_ms
-        clock = self.clocks.clock(partition)
-        silence_clock = self.clocks.silence_clock(partition)
-        self.clocks.scanned(partition)
-        candidates: dict[str, ChannelView | ChannelState] = {
-            cid: state for cid, state in touched.items() if state.partition == partition
-        }
-        for channel_id, view in live.by_partition.get(partition, {}).items():
-            if channel_id not in candidates:
-                candidates[channel_id] = view
-        changes: list[tuple[AlertChange, int]] = []
-
-        def state_of(channel_id: str) -> ChannelState:
-            found = touched.get(channel_id)
-            if found is None:
-                found = touched[channel_id] = self._state(channel_id, partition)
-            return found
-
-        for channel_id, item in candidates.items():
-            open_windows = len(item.windows) if isinstance(item, ChannelState) else item.open_windows
-            quiet = quiet_ms(tick_ms, item.last_wall_ms, healthy_since_ms) if tick_ms >= 0 else -1
-            if open_windows and quiet >= spec.idle_timeout_ms:
-                state = state_of(channel_id)
-                close(state, idle_watermark(state, spec, tick_ms), partition)
-                open_windows = len(state.windows)
-            if item.ended_ms >= 0:
-                if open_windows and clock >= item.ended_ms + grace_ms:
-                    state = state_of(channel_id)
-                    close(state, ended_watermark(state, spec, clock), partition)
-                continue
-            if not rule.enabled or "stream_down" in (item.alerts or ()) or item.concurrent < rule.min_viewers:
-                continue
-            own_clock = silence_clock
-            if quiet >= 0 and item.last_wall_ms >= 0:
-                own_clock = max(own_clock, item.max_ts_ms + quiet)
-            if own_clock - item.max_ts_ms < silence_ms:
-                continue
-            state = state_of(channel_id)
-            change = evaluate_silence(state, own_clock, self.rules)
-            if change is not None:
-                changes.append((change, partition))
-        return changes
 
     async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> list[Any]:
         """Publish alert transitions not published before; returns the pending sends."""
@@ -554,34 +347,13 @@ class Fold(ChunkProcessor):
         return pending
 
     async def _send_progress(self, partitions: set[int], ticks: dict[int, tuple[int, int]]) -> None:
-        """Tell the campaign aggregator how far each of these partitions has settled (when it changed).
-
-        Only once the live snapshot holds every owned livestream (``ready``): before that a livestream with an open
-        window could be missing from ``open_bounds`` and the progress would run ahead of it.
-        """
-        if not self.live.ready:
-            return
+        """Tell the campaign aggregator how far each of these partitions has settled (when it changed); only once
+        the live snapshot holds every owned livestream (see :meth:`stream.fold.BatchFold.progress`)."""
         pending = []
-        spec = self.spec
-        for partition in sorted(partitions):
-            tick = ticks.get(partition)
-            tick_ms = tick[0] if tick is not None else None
-            # Idle = no record for the idle timeout since the newest record, since this worker got the partition and
-            # since the ticking worker's Kafka connection was last healthy.
-            last_record = self.partition_wall.setdefault(partition, int(time.time() * 1000))
-            idle = tick is not None and quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms
-            clock = self.clocks.clock(partition)
-            mark = clock - spec.lateness_ms if clock >= 0 else -1
-            bounds = self.live.open_bounds.get(partition, {})
-            settled = campaign.settled_through(bounds, mark, spec.size_ms, spec.grace_ms, idle)
-            as_of = tick_ms if idle and tick_ms is not None else last_record
-            if self.progress_sent.get(partition) == (settled, idle) and not idle:
-                continue
-            marker = campaign.PartitionProgress(partition, settled, idle, as_of)
+        for marker in self.core.progress(partitions, ticks, int(time.time() * 1000)):
             pending.append(
                 await self.campaign_topic.send(key=b"progress", value=campaign.encode(marker), partition=0, force=True)
             )
-            self.progress_sent[partition] = (settled, idle)
         if pending:
             await asyncio.gather(*pending)
 
@@ -599,7 +371,7 @@ class Fold(ChunkProcessor):
             # The stored cursor only tells whether records are missing. Records at or below it are *not* skipped
             # here: after a crash the cursor row's changelog record can have been written while a state change of
             # the same batch was lost; each livestream's own offset decides what was applied.
-            stored = self.cursor_rows.get(CURSOR_KEY, self.contexts[partition])
+            stored = self.cursor_rows.get(CURSOR_KEY, self.store.context(partition))
             cursor = int(stored) if stored is not None else -1
             self.cursors[partition] = offset - 1
         else:
@@ -615,10 +387,6 @@ class Fold(ChunkProcessor):
         log.warning("offset gap on %s[%d]: re-read %d records from %d", topic, partition, len(missed), cursor + 1)
         self.live.offset_gaps += 1
         return missed
-
-    def _state(self, channel_id: str, partition: int) -> ChannelState:
-        stored = self.states.get(channel_id.encode(), self.contexts[partition])
-        return decode_state(stored) if stored is not None else ChannelState(channel_id=channel_id)
 
     async def _emit(self, finals: list[tuple[ClosedWindow, int]], now_ms: int) -> list[Any]:
         """Produce final window records not emitted before; returns the pending sends."""
@@ -649,9 +417,7 @@ class Fold(ChunkProcessor):
         if not self.tick_health.may_send(now_ms, done, failed):
             return
         self.tick_health.sent(now_ms)
-        value = msgspec.json.encode(
-            {"type": "tick", "wall_ms": now_ms, "healthy_since_ms": self.tick_health.healthy_since_ms}
-        )
+        value = encode_tick(now_ms, self.tick_health.healthy_since_ms)
         sends = []
         for partition in sorted(self.owned):
             sends.append(
@@ -719,8 +485,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
         if not live.resync_pending or app.rebalancing or app.in_recovery or not recovered:
             return
         live.resync_pending = False
-        for _key, value in fold.table.items():
-            live.update(decode_state(value))
+        fold.load_owned_states()
         live.ready = True
 
     return fold

@@ -74,8 +74,6 @@ class ClosedWindow:
 @dataclass
 class LiveSnapshot:
     channels: dict[str, ChannelView] = field(default_factory=dict)
-    by_partition: dict[int, dict[str, ChannelView]] = field(default_factory=dict)
-    """The same views by events partition (the partition-level checks scan one partition, not every channel)."""
     dirty: set[str] = field(default_factory=set)
     """Channels changed since the last Redis flush."""
     pending_viewers: dict[str, list[str]] = field(default_factory=dict)
@@ -90,9 +88,6 @@ class LiveSnapshot:
     """Latest HyperLogLog estimate per campaign, refreshed by the Redis mirror (apart from livestream ids, which
     can be any string)."""
 
-    open_bounds: dict[int, dict[str, int]] = field(default_factory=dict)
-    """Per events partition: ``closed_through_ms`` of each owned livestream that has an open window (campaign
-    progress, :func:`stream.campaign.settled_through`)."""
     campaign_alerts: dict[str, dict[str, AlertRecord]] = field(default_factory=dict)
     """Active campaign alerts by campaign and rule (owned by the worker running the campaign aggregator)."""
     campaign_alerts_dirty: bool = False
@@ -142,21 +137,12 @@ class LiveSnapshot:
     redis_flushes: int = 0
 
     def update(self, state: ChannelState) -> None:
-        old = self.channels.get(state.channel_id)
-        if old is not None and old.partition != state.partition:
-            self.by_partition.get(old.partition, {}).pop(state.channel_id, None)
-        view = self.channels[state.channel_id] = ChannelView.of(state)
-        self.by_partition.setdefault(state.partition, {})[state.channel_id] = view
+        self.channels[state.channel_id] = ChannelView.of(state)
         self.dirty.add(state.channel_id)
         if state.windows:
             self.pending_windows[state.channel_id] = state.windows
         else:
             self.pending_windows.pop(state.channel_id, None)
-        bounds = self.open_bounds.setdefault(state.partition, {})
-        if state.windows:
-            bounds[state.channel_id] = state.closed_through_ms
-        else:
-            bounds.pop(state.channel_id, None)
 
     def alerts_firing(self) -> dict[str, int]:
         """Active alerts by rule: of the livestreams this worker owns, and of the campaigns it aggregates."""
@@ -188,11 +174,9 @@ class LiveSnapshot:
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget channels of partitions this worker no longer owns."""
         for partition in partitions:
-            self.by_partition.pop(partition, None)
             self.lag.pop(partition, None)
             self.progress_at_s.pop(partition, None)
             self.owned_partitions.discard(partition)
-            self.open_bounds.pop(partition, None)
         for channel_id in [c for c, s in self.channels.items() if s.partition in partitions]:
             del self.channels[channel_id]
             self.dirty.discard(channel_id)

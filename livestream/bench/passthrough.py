@@ -21,7 +21,7 @@ from typing import Any
 
 import faust
 
-from agents.fold import raw_bytes
+from agents.table_context import raw_bytes
 from livestream.bench.common import ChildResult, PartitionTally, free_port, json_arg
 from stream.app import create_app
 from stream.settings import Settings

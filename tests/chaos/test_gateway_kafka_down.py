@@ -24,9 +24,9 @@ import aiohttp
 import msgspec
 import pytest
 
-from agents.fold import TICK_HEADER
 from livestream.gateway_client import GatewaySender, SendStats, generated_minutes, send_minutes
 from schemas.events import Batch
+from stream.fold import TICK_HEADER
 from stream.replay.oracle import Oracle
 from stream.replay.profile import OCOP_FAIR, scaled
 from tests.gateway_support import CAMPAIGN, TOKEN, GatewayProcess

@@ -19,9 +19,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from agents.fold import TICK_HEADER
 from livestream.gateway_client import replay_via_gateway
 from schemas.events import Batch
+from stream.fold import TICK_HEADER
 from stream.ingest import hash_token
 from stream.replay.profile import OCOP_FAIR, scaled
 from tests.gateway_support import CAMPAIGN, OTHER_TOKEN, TOKEN, GatewayProcess

@@ -1,0 +1,510 @@
+"""The batch fold: what a batch of events records does, decided without Kafka, Redis or faust.
+
+:class:`BatchFold` takes the records of owned events partitions, each partition's records in offset order, and
+returns a :class:`BatchOutput`: every final window, alert transition, campaign copy, dead letter, forward, late
+event, state and dedup row the batch produced. The caller (``agents/fold.py``) owns reading, the cursor,
+publishing, saving and committing; the fold owns *when* things happen:
+
+1. an idle-tick record (header :data:`TICK_HEADER`) runs the partition-level checks at its position;
+2. a record on a partition other than its key's home partition is forwarded there, unread;
+3. the record is decoded (bad records and bad events of envelopes become dead letters) and folded into its
+   livestream's state (:func:`stream.state.apply_record`);
+4. right after each record, the windows its livestream's watermark passed close, the silences it ends and the
+   gaps it reveals are judged, and when the partition clock moved by a second the partition-level checks run.
+
+Nothing depends on how records were cut into batches: every decision is taken at a record's position in its
+partition, and what is kept between batches (partition clocks, each owned livestream's compact view, dedup minutes
+read before) is what a fresh fold would load from the store. States are read from the :class:`FoldStore` once per
+batch; the output says which to write back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import msgspec
+
+from schemas.events import Event
+from stream import campaign
+from stream.alerts import (
+    AlertChange,
+    AlertRules,
+    evaluate_closed_window,
+    evaluate_gap,
+    evaluate_silence,
+    resolve_if_active,
+    stream_down_gap_ms,
+)
+from stream.clock import PartitionClocks, quiet_ms
+from stream.decode import DeadLetter, TimeBounds, decode_record
+from stream.settings import Settings
+from stream.snapshot import ChannelView, ClosedWindow
+from stream.state import (
+    ChannelState,
+    FoldEffects,
+    IdBucket,
+    IdRow,
+    IdRows,
+    OrderBook,
+    OrderRow,
+    WindowSpec,
+    apply_record,
+    close_windows,
+    decode_state,
+    encode_state,
+    ended_watermark,
+    idle_watermark,
+    watermark,
+)
+
+TICK_HEADER = "livestream-tick"
+"""Header that marks an idle-tick record (its key is the partition number; never a livestream's record)."""
+
+ID_CACHE_BUCKETS = 20_000
+"""Dedup minutes kept in memory across batches (cleared when exceeded; a few hundred bytes to a few MB each)."""
+
+KEY_CACHE_SIZE = 200_000
+"""Record keys whose home partition is kept (cleared when exceeded)."""
+
+
+class _Tick(msgspec.Struct):
+    healthy_since_ms: int = -1
+
+
+_tick_decoder = msgspec.json.Decoder(_Tick)
+
+
+def encode_tick(wall_ms: int, healthy_since_ms: int) -> bytes:
+    """The value of an idle-tick record."""
+    return msgspec.json.encode({"type": "tick", "wall_ms": wall_ms, "healthy_since_ms": healthy_since_ms})
+
+
+def tick_healthy_since(value: bytes | None) -> int:
+    """The ``healthy_since_ms`` a tick record carries (-1 when absent or unreadable: no floor)."""
+    try:
+        return _tick_decoder.decode(value or b"{}").healthy_since_ms
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return -1
+
+
+def is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
+    return bool(headers) and any(name == TICK_HEADER for name, _ in headers or ())
+
+
+class SourceRecord(Protocol):
+    """What the fold reads of an events record (faust's and aiokafka's consumer records have these)."""
+
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]] | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An events record built by hand (tests, simulations): the fields of :class:`SourceRecord`."""
+
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] | None = None
+
+
+class FoldStore(Protocol):
+    """Stored rows of the partition a livestream lives on (all empty for a livestream never seen)."""
+
+    def state(self, channel_id: str, partition: int) -> ChannelState | None: ...
+    def id_row(self, channel_id: str, bucket: int, part: int, partition: int) -> IdRow: ...
+    def order_row(self, channel_id: str, order_id: str, partition: int) -> OrderRow: ...
+
+
+@dataclass
+class MemoryStore:
+    """A :class:`FoldStore` in dicts, written with :meth:`save` (unit tests and simulations)."""
+
+    states: dict[str, ChannelState] = field(default_factory=dict)
+    ids: dict[tuple[str, int, int], IdRow] = field(default_factory=dict)
+    orders: dict[tuple[str, str], OrderRow] = field(default_factory=dict)
+
+    def state(self, channel_id: str, partition: int) -> ChannelState | None:
+        stored = self.states.get(channel_id)
+        return decode_state(encode_state(stored)) if stored is not None else None
+
+    def id_row(self, channel_id: str, bucket: int, part: int, partition: int) -> IdRow:
+        return dict(self.ids.get((channel_id, bucket, part), {}))
+
+    def order_row(self, channel_id: str, order_id: str, partition: int) -> OrderRow:
+        return dict(self.orders.get((channel_id, order_id), {}))
+
+    def save(self, output: BatchOutput) -> None:
+        """Write what a batch says to write, as the worker does with its tables."""
+        for key, row, _ in output.id_writes:
+            self.ids[key] = dict(row)
+        for key, _ in output.id_deletes:
+            self.ids.pop(key, None)
+        for order_key, order_row, _ in output.order_writes:
+            self.orders[order_key] = dict(order_row)
+        for state in output.states:
+            self.states[state.channel_id] = decode_state(encode_state(state))
+
+
+@dataclass(frozen=True)
+class FoldConfig:
+    """Everything the fold decides by. ``home_partition`` maps a record key to the partition its livestream's
+    state lives on; ``max_past_ms``/``max_future_ms`` bound accepted event times around the batch's wall time."""
+
+    spec: WindowSpec
+    rules: AlertRules
+    home_partition: Callable[[bytes], int]
+    max_clock_lead_ms: int = 5_000
+    order_horizon_ms: int = 86_400_000
+    max_past_ms: int = 3650 * 86_400_000
+    max_future_ms: int = 3_600_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings, rules: AlertRules, home_partition: Callable[[bytes], int]) -> FoldConfig:
+        return cls(
+            spec=window_spec(settings),
+            rules=rules,
+            home_partition=home_partition,
+            max_clock_lead_ms=settings.max_clock_lead_s * 1000,
+            order_horizon_ms=settings.order_horizon_s * 1000,
+            max_past_ms=settings.max_past_days * 86_400_000,
+            max_future_ms=settings.max_future_s * 1000,
+        )
+
+
+def window_spec(settings: Settings) -> WindowSpec:
+    return WindowSpec(
+        size_ms=settings.window_size_s * 1000,
+        grace_ms=settings.window_grace_s * 1000,
+        lateness_ms=settings.allowed_lateness_s * 1000,
+        hop_windows=settings.hop_windows,
+        dedup_horizon_ms=settings.dedup_horizon_s * 1000,
+        idle_timeout_ms=int(settings.idle_timeout_s * 1000),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadRecord:
+    """A record, or one event of an envelope (``index``, its ``raw`` bytes), rejected by the decoder."""
+
+    record: SourceRecord
+    letter: DeadLetter
+    index: int | None = None
+    raw: bytes | None = None
+
+
+@dataclass
+class BatchCounters:
+    """What a batch counted (the worker adds them to its pipeline counters)."""
+
+    records: int = 0
+    """Records processed, ticks excluded."""
+    ticks: int = 0
+    applied_events: int = 0
+    redelivered_records: int = 0
+    duplicate_events: int = 0
+    duplicate_orders: int = 0
+    misrouted_records: int = 0
+
+
+@dataclass
+class BatchOutput:
+    """Everything one batch must do, in the order found; partitions are the events partitions of the records.
+
+    ``states`` are to be written back (changed, or loaded and not yet known to the caller's serving view); dedup
+    rows and order rows are keyed by their livestream, with the partition whose table holds them.
+    """
+
+    finals: list[tuple[ClosedWindow, int]] = field(default_factory=list)
+    alert_changes: list[tuple[AlertChange, int]] = field(default_factory=list)
+    campaign_copies: list[campaign.ChannelWindowCopy] = field(default_factory=list)
+    dead_letters: list[DeadRecord] = field(default_factory=list)
+    forwards: list[tuple[SourceRecord, int]] = field(default_factory=list)
+    """Records to produce again on their home partition (record, target partition)."""
+    late: list[Event] = field(default_factory=list)
+    states: list[ChannelState] = field(default_factory=list)
+    id_writes: list[tuple[tuple[str, int, int], IdRow, int]] = field(default_factory=list)
+    id_deletes: list[tuple[tuple[str, int, int], int]] = field(default_factory=list)
+    order_writes: list[tuple[tuple[str, str], OrderRow, int]] = field(default_factory=list)
+    viewers: dict[str, list[str]] = field(default_factory=dict)
+    """New viewer ids per livestream (for the unique-viewer HyperLogLogs)."""
+    ticks: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Per partition, the last tick's (wall time, healthy since)."""
+    counters: BatchCounters = field(default_factory=BatchCounters)
+
+
+class PartitionIndex:
+    """Compact views of the owned livestreams, by events partition, and the open-window bounds campaign progress
+    needs. Kept in step with every state the fold writes back and every state the caller loads."""
+
+    def __init__(self) -> None:
+        self.views: dict[str, ChannelView] = {}
+        self.by_partition: dict[int, dict[str, ChannelView]] = {}
+        self.open_bounds: dict[int, dict[str, int]] = {}
+        """Per partition: ``closed_through_ms`` of each livestream with an open window."""
+
+    def update(self, state: ChannelState) -> ChannelView:
+        old = self.views.get(state.channel_id)
+        if old is not None and old.partition != state.partition:
+            self.by_partition.get(old.partition, {}).pop(state.channel_id, None)
+            self.open_bounds.get(old.partition, {}).pop(state.channel_id, None)
+        view = self.views[state.channel_id] = ChannelView.of(state)
+        self.by_partition.setdefault(state.partition, {})[state.channel_id] = view
+        bounds = self.open_bounds.setdefault(state.partition, {})
+        if state.windows:
+            bounds[state.channel_id] = state.closed_through_ms
+        else:
+            bounds.pop(state.channel_id, None)
+        return view
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self.by_partition.pop(partition, None)
+            self.open_bounds.pop(partition, None)
+        gone = set(partitions)
+        for channel_id in [c for c, v in self.views.items() if v.partition in gone]:
+            del self.views[channel_id]
+
+
+class BatchFold:
+    """The fold of events records into livestream states, batch after batch (see the module docstring).
+
+    Kept between batches, for owned partitions only (:meth:`forget` drops a partition): the partition clocks
+    (:mod:`stream.clock`), the wall time of each partition's newest record, the compact views of owned
+    livestreams (:class:`PartitionIndex`), dedup minutes already read and the campaign progress last reported.
+    """
+
+    def __init__(self, config: FoldConfig) -> None:
+        self.config = config
+        self.clocks = PartitionClocks(config.max_clock_lead_ms)
+        self.index = PartitionIndex()
+        self.partition_wall: dict[int, int] = {}
+        """Kafka timestamp of the newest livestream record per partition (idleness for campaign progress)."""
+        self.progress_sent: dict[int, tuple[int, bool]] = {}
+        self.id_cache: dict[tuple[str, int], IdBucket] = {}
+        self._homes: dict[bytes, int] = {}
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop what is kept for partitions no longer owned (their next owner loads it from the tables)."""
+        partitions = set(partitions)
+        self.index.forget(partitions)
+        self.id_cache.clear()
+        for partition in partitions:
+            self.clocks.forget(partition)
+            self.progress_sent.pop(partition, None)
+            self.partition_wall.pop(partition, None)
+
+    def home_partition(self, key: bytes) -> int:
+        found = self._homes.get(key)
+        if found is None:
+            if len(self._homes) > KEY_CACHE_SIZE:
+                self._homes.clear()
+            found = self._homes[key] = self.config.home_partition(key)
+        return found
+
+    def fold(self, records: Iterable[SourceRecord], store: FoldStore, now_ms: int) -> BatchOutput:
+        """Fold ``records`` (each partition's in offset order, none twice) and say what the batch must do.
+
+        ``now_ms`` is the wall time the batch runs at (only the accepted event-time range depends on it).
+        """
+        return _Batch(self, store, now_ms).run(records)
+
+    def progress(
+        self, partitions: Iterable[int], ticks: dict[int, tuple[int, int]], now_ms: int
+    ) -> list[campaign.PartitionProgress]:
+        """How far each of ``partitions`` has settled for the campaign aggregator, where it changed.
+
+        Call only once the index holds every owned livestream: before that a livestream with an open window could
+        be missing from its bounds and the progress would run ahead of it. A partition is idle when its last tick
+        found no record for the idle timeout since its newest record (or since it was first seen here) and since
+        the ticking worker's Kafka connection was last healthy.
+        """
+        spec = self.config.spec
+        markers = []
+        for partition in sorted(partitions):
+            tick = ticks.get(partition)
+            last_record = self.partition_wall.setdefault(partition, now_ms)
+            idle = tick is not None and quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms
+            clock = self.clocks.clock(partition)
+            mark = clock - spec.lateness_ms if clock >= 0 else -1
+            bounds = self.index.open_bounds.get(partition, {})
+            settled = campaign.settled_through(bounds, mark, spec.size_ms, spec.grace_ms, idle)
+            as_of = tick[0] if idle and tick is not None else last_record
+            if self.progress_sent.get(partition) == (settled, idle) and not idle:
+                continue
+            markers.append(campaign.PartitionProgress(partition, settled, idle, as_of))
+            self.progress_sent[partition] = (settled, idle)
+        return markers
+
+
+class _Batch:
+    """One call of :meth:`BatchFold.fold`: the states read so far and what the batch produced."""
+
+    def __init__(self, fold: BatchFold, store: FoldStore, now_ms: int) -> None:
+        config = fold.config
+        self.fold, self.store, self.config, self.spec, self.rules = fold, store, config, config.spec, config.rules
+        self.bounds = TimeBounds(now_ms - config.max_past_ms, now_ms + config.max_future_ms)
+        self.effects = FoldEffects(gap_ms=stream_down_gap_ms(config.rules))
+        self.touched: dict[str, ChannelState] = {}
+        self.out = BatchOutput()
+        self.partition = 0  # the partition of the record being folded: where its dedup and order rows live
+        if len(fold.id_cache) > ID_CACHE_BUCKETS:
+            fold.id_cache.clear()
+        self.ids = IdRows(lambda c, b, p: store.id_row(c, b, p, self.partition), fold.id_cache)
+        self.orders = OrderBook(lambda c, o: store.order_row(c, o, self.partition), config.order_horizon_ms)
+
+    def run(self, records: Iterable[SourceRecord]) -> BatchOutput:
+        for record in records:
+            self.record(record)
+        return self.finish()
+
+    def state(self, channel_id: str, partition: int) -> ChannelState:
+        found = self.touched.get(channel_id)
+        if found is None:
+            stored = self.store.state(channel_id, partition)
+            found = self.touched[channel_id] = stored or ChannelState(channel_id=channel_id)
+        return found
+
+    def record(self, record: SourceRecord) -> None:
+        out, partition, key = self.out, record.partition, record.key
+        if is_tick(record.headers):
+            healthy_since = tick_healthy_since(record.value)
+            out.ticks[partition] = (record.timestamp, healthy_since)
+            out.counters.ticks += 1
+            self.scan(partition, record.timestamp, healthy_since)
+            return
+        out.counters.records += 1
+        if key is not None:
+            home = self.fold.home_partition(key)
+            if home != partition:
+                out.forwards.append((record, home))
+                out.counters.misrouted_records += 1
+                return
+        produced_ms = record.timestamp
+        self.fold.partition_wall[partition] = produced_ms
+        result = decode_record(key, record.value, self.bounds)
+        if isinstance(result, DeadLetter):
+            out.dead_letters.append(DeadRecord(record, result))
+            return
+        for rejected in result.rejected:
+            letter = DeadLetter(rejected.reason, rejected.message)
+            out.dead_letters.append(DeadRecord(record, letter, rejected.index, rejected.raw))
+        if not result.events:
+            return
+        channel_id = result.channel_id
+        state = self.state(channel_id, partition)
+        self.partition = partition
+        effects = self.effects
+        gaps_before = len(effects.gaps)
+        applied = apply_record(
+            state, result.events, partition, record.offset, self.spec, effects, produced_ms, self.ids, self.orders
+        )
+        if not applied:
+            return
+        # Everything a record decides is decided at its position in the partition, never per batch: windows its
+        # livestream's watermark passed, a silence it ends, and the checks of a partition clock it moves.
+        self.close(state, watermark(state, self.spec), partition)
+        for gap in effects.gaps[gaps_before:]:
+            out.alert_changes.extend((c, partition) for c in evaluate_gap(state, gap, self.rules))
+        if state.alerts:
+            back = resolve_if_active(state, self.rules)
+            if back is not None:
+                out.alert_changes.append((back, partition))
+        contribution = min(state.max_ts_ms, produced_ms + self.config.max_clock_lead_ms)
+        if self.fold.clocks.advance(partition, channel_id, contribution):
+            self.scan(partition, -1)
+
+    def close(self, state: ChannelState, mark: int, partition: int) -> None:
+        """Close the windows of ``state`` that watermark ``mark`` passed: final windows, their alert verdicts and,
+        for 1-minute windows, the campaign aggregator's copies."""
+        out, spec = self.out, self.spec
+        for window in close_windows(state, mark, spec):
+            channel_id = state.channel_id
+            closed = ClosedWindow(channel_id, state.campaign, window.start_ms, window.size_ms, window.counters)
+            out.finals.append((closed, partition))
+            one_minute = window.size_ms == spec.size_ms
+            out.alert_changes.extend(
+                (c, partition) for c in evaluate_closed_window(state, window, self.rules, one_minute)
+            )
+            if one_minute:
+                out.campaign_copies.append(
+                    campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
+                )
+
+    def scan(self, partition: int, tick_ms: int, healthy_since_ms: int = -1) -> None:
+        """The partition-level checks, at one record's position: ended livestreams whose last windows can close
+        (:func:`stream.state.ended_watermark`), ``stream_down`` (:func:`stream.alerts.evaluate_silence`) and, at
+        an idle tick (``tick_ms`` >= 0), idle livestreams whose windows close (:func:`stream.state.idle_watermark`).
+
+        At a tick a livestream's own clock also runs on with the wall time since its last record: the tick is
+        processed after every record produced before it. Wall-clock silence is counted from the ticking worker's
+        ``healthy_since_ms`` at the earliest (:class:`stream.clock.TickHealth`): a Kafka outage is not silence.
+        """
+        rules, spec, clocks = self.rules, self.spec, self.fold.clocks
+        rule = rules.stream_down
+        silence_ms, grace_ms = (rule.silence_s + rule.skew_s) * 1000, spec.grace_ms
+        clock = clocks.clock(partition)
+        silence_clock = clocks.silence_clock(partition)
+        clocks.scanned(partition)
+        candidates: dict[str, ChannelView | ChannelState] = {
+            cid: state for cid, state in self.touched.items() if state.partition == partition
+        }
+        for channel_id, view in self.fold.index.by_partition.get(partition, {}).items():
+            if channel_id not in candidates:
+                candidates[channel_id] = view
+        for channel_id, item in candidates.items():
+            open_windows = len(item.windows) if isinstance(item, ChannelState) else item.open_windows
+            quiet = quiet_ms(tick_ms, item.last_wall_ms, healthy_since_ms) if tick_ms >= 0 else -1
+            if open_windows and quiet >= spec.idle_timeout_ms:
+                state = self.state(channel_id, partition)
+                self.close(state, idle_watermark(state, spec, tick_ms), partition)
+                open_windows = len(state.windows)
+            if item.ended_ms >= 0:
+                if open_windows and clock >= item.ended_ms + grace_ms:
+                    state = self.state(channel_id, partition)
+                    self.close(state, ended_watermark(state, spec, clock), partition)
+                continue
+            if not rule.enabled or "stream_down" in (item.alerts or ()) or item.concurrent < rule.min_viewers:
+                continue
+            own_clock = silence_clock
+            if quiet >= 0 and item.last_wall_ms >= 0:
+                own_clock = max(own_clock, item.max_ts_ms + quiet)
+            if own_clock - item.max_ts_ms < silence_ms:
+                continue
+            change = evaluate_silence(self.state(channel_id, partition), own_clock, rules)
+            if change is not None:
+                self.out.alert_changes.append((change, partition))
+
+    def finish(self) -> BatchOutput:
+        out, effects, ids, orders, touched = self.out, self.effects, self.ids, self.orders, self.touched
+        out.id_writes = [(key, ids.rows[key], touched[key[0]].partition) for key in sorted(ids.changed)]
+        out.id_deletes = [(key, touched[key[0]].partition) for key in sorted(ids.dropped)]
+        out.order_writes = [(key, orders.rows[key], touched[key[0]].partition) for key in sorted(orders.changed)]
+        decided = {closed.channel_id for closed, _ in out.finals} | {c.channel_id for c, _ in out.alert_changes}
+        index = self.fold.index
+        for channel_id, state in touched.items():
+            if channel_id in effects.touched or channel_id in decided or channel_id not in index.views:
+                out.states.append(state)
+                index.update(state)
+        out.viewers = effects.viewers
+        out.late = effects.late
+        counters = out.counters
+        counters.applied_events = effects.applied_events
+        counters.redelivered_records = effects.redelivered_records
+        counters.duplicate_events = effects.duplicate_events
+        counters.duplicate_orders = effects.duplicate_orders
+        return out
