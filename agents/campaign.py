@@ -20,10 +20,9 @@ from agents.emitted import AlertIndex, CampaignEmitted
 from agents.freeze import GUARD
 from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
 from agents.topic_reader import read_range
-from schemas.alerts import AlertRecord
 from schemas.stats import CampaignWindowStats
 from stream import campaign
-from stream.alerts import load_rules
+from stream.alerts import active_alert_record, alert_record, load_rules
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
 
@@ -138,7 +137,7 @@ class CampaignAggregator(ChunkProcessor):
             pending.append(
                 await self.alerts_topic.send(
                     key=change.alert_id.encode(),
-                    value=_json.encode(AlertRecord.from_change(change, emitted_at_ms=now_ms)),
+                    value=_json.encode(alert_record(change, emitted_at_ms=now_ms)),
                     partition=0,
                     force=True,
                 )
@@ -162,7 +161,7 @@ class CampaignAggregator(ChunkProcessor):
         """Active campaign alerts into the live snapshot (Redis and /metrics read them from there)."""
         self.live.campaign_alerts = {
             name: {
-                rule: AlertRecord.from_active(rule, alert, channel_id="", campaign=name, emitted_at_ms=now_ms)
+                rule: active_alert_record(rule, alert, channel_id="", campaign=name, emitted_at_ms=now_ms)
                 for rule, alert in active.items()
             }
             for name, active in state.alerts.items()

@@ -45,10 +45,8 @@ from agents.freeze import GUARD
 from agents.startup import shorten_fetch_wait
 from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
 from agents.topic_reader import read_range
-from schemas.alerts import AlertRecord
-from schemas.stats import WindowStats
 from stream import campaign
-from stream.alerts import AlertChange, load_rules
+from stream.alerts import AlertChange, alert_record, load_rules
 from stream.clock import TickHealth
 from stream.fold import TICK_HEADER, BatchFold, BatchOutput, FoldConfig, SourceRecord, encode_tick
 from stream.settings import Settings
@@ -327,7 +325,7 @@ class Fold(ChunkProcessor):
         for change, partition in changes:
             if self.alert_index.already_emitted(change.alert_id, change.status):
                 continue
-            record = AlertRecord.from_change(change, emitted_at_ms=now_ms)
+            record = alert_record(change, emitted_at_ms=now_ms)
             log.info("alert %s %s: %s", change.status, change.alert_id, change.summary)
             pending.append(
                 await self.alerts_topic.send(
@@ -395,7 +393,7 @@ class Fold(ChunkProcessor):
             if self.emitted.already_emitted(closed.channel_id, closed.size_ms, closed.start_ms):
                 self.live.duplicate_windows_suppressed += 1
                 continue
-            record = WindowStats.from_closed(closed, emitted_at_ms=now_ms)
+            record = closed.stats(emitted_at_ms=now_ms)
             pending.append(
                 await self.stats_topics[closed.size_ms].send(
                     key=f"{closed.channel_id}|{closed.start_ms}".encode(),

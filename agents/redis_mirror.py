@@ -66,7 +66,7 @@ from redis.exceptions import (
 
 from agents.freeze import GUARD
 from schemas.alerts import AlertRecord
-from stream.alerts import RULES
+from stream.alerts import RULES, active_alert_record
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
 from stream.state import Counters
@@ -158,7 +158,7 @@ def history_entry(record: AlertRecord, resolved_at_ms: int | None = None, resolv
 def channel_alert_records(state: ChannelView) -> dict[str, AlertRecord]:
     """The active alerts of a livestream as records, by ``rule|channel`` field."""
     return {
-        alert_field(rule, state.channel_id): AlertRecord.from_active(
+        alert_field(rule, state.channel_id): active_alert_record(
             rule, alert, channel_id=state.channel_id, campaign=state.campaign, emitted_at_ms=0
         )
         for rule, alert in (state.alerts or {}).items()

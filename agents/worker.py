@@ -8,8 +8,8 @@ import logging
 import faust
 
 from agents import api, board, campaign, fold, freeze, metrics, redis_mirror
+from agents.app import create_app
 from agents.startup import changelog_topics, prepare_kafka
-from stream.app import create_app
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
 

@@ -11,12 +11,9 @@ window for that minute is final (see :mod:`stream.campaign`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import msgspec
-
-if TYPE_CHECKING:
-    from stream.snapshot import ClosedWindow
 
 
 class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -42,18 +39,6 @@ class WindowStats(msgspec.Struct, frozen=True, kw_only=True):
     gmv_vnd: int
     emitted_at_ms: int
     final: bool = True
-
-    @classmethod
-    def from_closed(cls, window: ClosedWindow, emitted_at_ms: int) -> WindowStats:
-        fields: dict[str, object] = {
-            **window.counters.as_dict(),
-            "channel_id": window.channel_id,
-            "campaign": window.campaign,
-            "window_start_ms": window.start_ms,
-            "window_end_ms": window.start_ms + window.size_ms,
-            "emitted_at_ms": emitted_at_ms,
-        }
-        return msgspec.convert(fields, cls)
 
 
 class CampaignWindowStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Final, Literal
 
 import msgspec
 
+from schemas.alerts import AlertRecord
+
 if TYPE_CHECKING:
     from stream.state import ChannelState, FinalWindow, Gap
 
@@ -394,3 +396,41 @@ def resolve_if_active(state: ChannelState, rules: AlertRules) -> AlertChange | N
     if "stream_down" not in state.alerts:
         return None
     return evaluate_silence(state, state.max_ts_ms, rules)
+
+
+def alert_record(change: AlertChange, emitted_at_ms: int) -> AlertRecord:
+    """The ``<namespace>.alerts`` record of a transition."""
+    return AlertRecord(
+        alert_id=change.alert_id,
+        rule=change.rule,
+        status=change.status,
+        severity=change.severity,
+        channel_id=change.channel_id,
+        campaign=change.campaign,
+        window_start_ms=change.window_start_ms,
+        at_ms=change.at_ms,
+        value=change.value,
+        threshold=change.threshold,
+        summary=change.summary,
+        emitted_at_ms=emitted_at_ms,
+    )
+
+
+def active_alert_record(
+    rule: str, alert: ActiveAlert, *, channel_id: str, campaign: str, emitted_at_ms: int
+) -> AlertRecord:
+    """The firing record of an alert that is still active (for the serving layer)."""
+    return AlertRecord(
+        alert_id=alert_id(rule, channel_id or campaign, alert.window_start_ms),
+        rule=rule,  # type: ignore[arg-type]
+        status="firing",
+        severity=alert.severity,
+        channel_id=channel_id,
+        campaign=campaign,
+        window_start_ms=alert.window_start_ms,
+        at_ms=alert.fired_at_ms,
+        value=alert.value,
+        threshold=alert.threshold,
+        summary=alert.summary,
+        emitted_at_ms=emitted_at_ms,
+    )

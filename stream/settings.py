@@ -6,6 +6,7 @@ Nothing else in the project reads the environment. Topic names and the Redis key
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -162,10 +163,8 @@ class Settings(BaseSettings):
             "security_protocol": self.kafka_security_protocol,
         }
         if self.kafka_security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
             cafile = str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
-            options["ssl_context"] = create_ssl_context(cafile=cafile)
+            options["ssl_context"] = ssl.create_default_context(cafile=cafile)  # verifies the broker and its name
         if self.kafka_security_protocol.startswith("SASL_"):
             password = self.kafka_sasl_password_file.read_text().strip() if self.kafka_sasl_password_file else ""
             options.update(

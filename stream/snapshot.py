@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from schemas.alerts import AlertRecord
+from schemas.stats import WindowStats
 from stream.alerts import RULES, ActiveAlert
 from stream.state import COUNTER_FIELDS, ChannelState, Counters
 
@@ -69,6 +70,18 @@ class ClosedWindow:
     start_ms: int
     size_ms: int
     counters: Counters
+
+    def stats(self, emitted_at_ms: int) -> WindowStats:
+        """The final window record of the stats topics."""
+        fields: dict[str, object] = {
+            **self.counters.as_dict(),
+            "channel_id": self.channel_id,
+            "campaign": self.campaign,
+            "window_start_ms": self.start_ms,
+            "window_end_ms": self.start_ms + self.size_ms,
+            "emitted_at_ms": emitted_at_ms,
+        }
+        return msgspec.convert(fields, WindowStats)
 
 
 @dataclass

@@ -10,32 +10,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 from aiokafka.partitioner import DefaultPartitioner
 
-from schemas.events import Event
-from stream.alerts import (
-    AlertChange,
-    AlertRules,
-    evaluate_closed_window,
-    evaluate_gap,
-    evaluate_silence,
-    resolve_if_active,
-    stream_down_gap_ms,
-)
-from stream.campaign import CampaignState, ChannelWindowCopy, PartitionProgress, apply_input, settled_through
+from schemas.events import Batch, Event
+from stream.alerts import AlertChange, AlertRules
+from stream.campaign import CampaignState, ChannelWindowCopy, PartitionProgress, apply_input
+from stream.fold import BatchFold, FoldConfig, MemoryStore, Record
 from stream.replay.generator import FairReplay
 from stream.replay.incidents import ScriptedReplay
 from stream.replay.profile import OCOP_FAIR, scaled
-from stream.state import ChannelState, FoldEffects, WindowSpec, apply_record, close_windows, ended_watermark
+from stream.state import WindowSpec
 
+_encode = msgspec.json.Encoder().encode
 SCALE, SEED, PARTITIONS = 0.1, 7, 4
 MINUTE = 60_000
 
 
-def partition_of(channel_id: str, partitions: int = PARTITIONS) -> int:
-    """The partition Kafka's default partitioner (murmur2 of the key) gives a livestream."""
+def partition_of(key: bytes, partitions: int = PARTITIONS) -> int:
+    """The partition Kafka's default partitioner (murmur2 of the key) gives a livestream's record key."""
     every = list(range(partitions))
-    return int(DefaultPartitioner()(channel_id.encode(), every, every))
+    return int(DefaultPartitioner()(key, every, every))
 
 
 @dataclass(frozen=True)
@@ -73,14 +68,15 @@ def build_scenario() -> Scenario:
     return Scenario(replay, outage, drop, surge)
 
 
-def simulate(replay: ScriptedReplay, rules: AlertRules | None = None) -> list[AlertChange]:
-    """Every alert change the pure core gives for ``replay``, folded like the agent does (per-minute records,
-    stream-down against each partition's clock, campaign windows released on partition progress)."""
+def simulate(replay: ScriptedReplay, rules: AlertRules | None = None, envelope: int = 200) -> list[AlertChange]:
+    """Every alert change the pure core gives for ``replay``: the worker's own :class:`stream.fold.BatchFold`
+    over the records the replay producer writes (envelopes of up to ``envelope`` events, keyed by livestream, on
+    the murmur2 partition, stamped with their newest event time), one batch per fair minute, and its campaign
+    copies and partition progress folded by :func:`stream.campaign.apply_input` as the campaign agent does."""
     rules = rules or AlertRules()
-    spec = WindowSpec()
-    states: dict[str, ChannelState] = {}
+    fold = BatchFold(FoldConfig(spec=WindowSpec(), rules=rules, home_partition=partition_of))
+    store = MemoryStore()
     changes: list[AlertChange] = []
-    clocks: dict[int, int] = {}
     offsets: dict[int, int] = {}
     aggregator = CampaignState()
     aggregator_offset = 0
@@ -93,32 +89,24 @@ def simulate(replay: ScriptedReplay, rules: AlertRules | None = None) -> list[Al
             changes.extend(out.alerts)
 
     for minute in replay.minutes():
+        records = []
         for channel_id, events in minute.by_channel.items():
-            partition = partition_of(channel_id)
-            state = states.setdefault(channel_id, ChannelState(channel_id=channel_id))
-            offsets[partition] = offsets.get(partition, -1) + 1
-            effects = FoldEffects(gap_ms=stream_down_gap_ms(rules))
-            apply_record(state, events, partition, offsets[partition], spec, effects)
-            for gap in effects.gaps:
-                changes.extend(evaluate_gap(state, gap, rules))
-            back = resolve_if_active(state, rules)
-            if back:
-                changes.append(back)
-            clocks[partition] = max(clocks.get(partition, -1), state.max_ts_ms)
-        for channel_id, state in states.items():
-            change = evaluate_silence(state, clocks[state.partition], rules)
-            if change:
-                changes.append(change)
-            for window in close_windows(state, ended_watermark(state, spec, clocks[state.partition]), spec):
-                one_minute = window.size_ms == MINUTE
-                changes.extend(evaluate_closed_window(state, window, rules, one_minute))
-                if one_minute:
-                    feed(ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters))
-        for partition in range(PARTITIONS):
-            owned = [s for s in states.values() if s.partition == partition]
-            bounds = {s.channel_id: s.closed_through_ms for s in owned if s.windows}
-            settled = settled_through(bounds, clocks.get(partition, -1), MINUTE, spec.grace_ms, idle=False)
-            feed(PartitionProgress(partition, settled))
+            partition = partition_of(channel_id.encode())
+            for i in range(0, len(events), envelope):
+                chunk = events[i : i + envelope]
+                offsets[partition] = offset = offsets.get(partition, -1) + 1
+                value = _encode(Batch(channel_id=channel_id, events=chunk))
+                newest = max(e.ts_ms for e in chunk)
+                records.append(Record(partition, offset, newest, channel_id.encode(), value))
+        records.sort(key=lambda r: (r.partition, r.offset))
+        output = fold.fold(records, store, now_ms=minute.start_ms + MINUTE)
+        store.save(output)
+        assert not output.dead_letters and not output.forwards, "the replay's records are all valid and well placed"
+        changes.extend(change for change, _ in output.alert_changes)
+        for copy in output.campaign_copies:
+            feed(copy)
+        for marker in fold.progress(range(PARTITIONS), output.ticks, minute.start_ms + MINUTE):
+            feed(marker)
     return changes
 
 

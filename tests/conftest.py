@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ def services() -> None:
 
 @pytest.fixture
 def pipeline(services: None, tmp_path: Path) -> Iterator[Pipeline]:
-    """A fresh namespace on the real services; its workers are stopped, its Redis keys and topics removed afterwards."""
+    """A fresh namespace on the real services; its workers are stopped, its Redis keys and topics removed afterwards
+    (kept for a post-mortem when ``LIVESTREAM_TEST_KEEP_TOPICS`` is set)."""
     pipe = Pipeline(root=tmp_path)
     pipe.prepare()
     try:
@@ -27,4 +29,5 @@ def pipeline(services: None, tmp_path: Path) -> Iterator[Pipeline]:
     finally:
         pipe.stop_all()
         pipe.cleanup_redis()
-        pipe.cleanup_topics()
+        if not os.environ.get("LIVESTREAM_TEST_KEEP_TOPICS"):
+            pipe.cleanup_topics()

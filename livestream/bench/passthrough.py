@@ -1,4 +1,4 @@
-"""The faust pass-through ceiling: a faust app configured exactly like the pipeline's (``stream.app.create_app``)
+"""The faust pass-through ceiling: a faust app configured exactly like the pipeline's (``agents.app.create_app``)
 whose one agent only counts the records of the events topic.
 
 ``--mode take`` consumes like the pipeline's fold agent (``take_events`` with the same batch size and wait);
@@ -21,9 +21,9 @@ from typing import Any
 
 import faust
 
+from agents.app import create_app
 from agents.table_context import raw_bytes
 from livestream.bench.common import ChildResult, PartitionTally, free_port, json_arg
-from stream.app import create_app
 from stream.settings import Settings
 
 

@@ -18,7 +18,7 @@ partition between them (each one owning some, no partition twice), and each part
 ``max_lag`` records and progress (``livestream_partition_last_progress_timestamp_seconds``) after the event.
 A partition's lag is only reported once its owner has processed a record of it in the current assignment, so
 a small lag means the new owner has read (nearly) up to the end of the partition, past the event. A kill -9
-includes the consumer group's failure detection (session timeout 10 s, stream/app.py); a SIGTERM and a join
+includes the consumer group's failure detection (session timeout 10 s, agents/app.py); a SIGTERM and a join
 rebalance at once (the remaining workers hear of it at their next heartbeat, every 2 s). Two intermediate marks
 come from the same polls: ``owned_s``, every partition has an owner again, and ``ready_s``, besides, every worker
 is ready (its tables recovered).

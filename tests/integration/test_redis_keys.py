@@ -19,8 +19,7 @@ from agents.fair import FairReader
 from agents.redis_mirror import RedisKeys, RedisMirror, channel_alert_records, split_alert_field
 from livestream import readback
 from livestream.alerts import show_alerts
-from schemas.alerts import AlertRecord
-from stream.alerts import ActiveAlert
+from stream.alerts import ActiveAlert, active_alert_record
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot
 from stream.state import ChannelState, Counters
@@ -94,7 +93,7 @@ def snapshot() -> tuple[LiveSnapshot, dict[str, ChannelState], dict[str, list[st
         live.pending_closed.append(ClosedWindow(channel_id, campaign, T0, 5 * MINUTE, Counters(views=index + 50)))
     for index, campaign in enumerate(sorted(set(CHANNELS.values()))):
         live.pending_campaign.append((campaign, T0, Counters(views=1000 + index), 3))
-    milestone = AlertRecord.from_active(
+    milestone = active_alert_record(
         "gmv_milestone",
         ActiveAlert(T0, T0 + MINUTE, 1e8, 1e8, "100M VND", "info"),
         channel_id="",

@@ -10,6 +10,7 @@ from schemas.events import Comment, Event, LiveEnd, Order, View
 from stream import campaign
 from stream.alerts import (
     AlertRules,
+    active_alert_record,
     evaluate_closed_window,
     evaluate_gap,
     evaluate_silence,
@@ -259,13 +260,12 @@ def test_a_silence_read_in_one_go_still_fires_and_resolves_once() -> None:
 
 
 def test_active_alert_record_has_the_key_of_its_firing_record() -> None:
-    from schemas.alerts import AlertRecord
 
     state = ChannelState(channel_id="c1")
     apply_record(state, [event(View, i, BASE + i) for i in range(30)], 0, 0, SPEC, FoldEffects())
     fired = evaluate_silence(state, BASE + 140_000, AlertRules())
     assert fired is not None
-    record = AlertRecord.from_active(
+    record = active_alert_record(
         "stream_down", state.alerts["stream_down"], channel_id="c1", campaign="fair", emitted_at_ms=0
     )
     assert record.alert_id == fired.alert_id and record.status == "firing" and record.summary == fired.summary
