@@ -13,7 +13,7 @@ import faust
 import msgspec
 import redis.asyncio as aioredis
 
-from agents.redis_mirror import RedisKeys, parse_hash
+from schemas.redis_keys import RedisKeys, parse_hash
 from stream.settings import Settings
 from stream.state import COUNTER_FIELDS
 

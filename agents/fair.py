@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from agents.redis_mirror import RedisKeys, parse_hash
+from schemas.redis_keys import RedisKeys, parse_hash
 from stream.settings import Settings
 from stream.state import COUNTER_FIELDS, conversion_rate
 

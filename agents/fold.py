@@ -183,11 +183,13 @@ class Fold(ChunkProcessor):
         self.alert_index.forget(partitions)
 
     def load_owned_states(self) -> None:
-        """Every state of the owned table partitions into the fold's index and the live snapshot (after recovery)."""
+        """Every state of the owned table partitions into the fold's index and the live snapshot (after recovery),
+        except livestreams the fold already holds (:meth:`stream.fold.PartitionIndex.add_stored`: a batch can be
+        between its fold and its save, its states newer than the table's)."""
         for _key, value in self.table.items():
             state = decode_state(value)
-            self.core.index.update(state)
-            self.live.update(state)
+            if self.core.index.add_stored(state):
+                self.live.update(state)
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
         """One batch, in this order: read (cursor, gaps), fold (pure), publish and wait for Kafka, save (tables and

@@ -8,7 +8,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from agents.redis_mirror import RedisKeys, parse_hash
+from schemas.redis_keys import RedisKeys, parse_hash
 from stream.state import COUNTER_FIELDS
 
 

@@ -271,6 +271,19 @@ class PartitionIndex:
             bounds.pop(state.channel_id, None)
         return view
 
+    def add_stored(self, state: ChannelState) -> bool:
+        """Add a state read from the tables, unless the fold already holds a view of its livestream (then False).
+
+        The fold's own view is never older than the table: a batch updates the view when it is folded and writes
+        the table only after its outputs are acknowledged, so a table read in between (a resync after an
+        assignment) is one batch behind. Taking it would leave a livestream that then goes quiet with an open
+        window in the bounds for good, and campaign progress stuck behind it.
+        """
+        if state.channel_id in self.views:
+            return False
+        self.update(state)
+        return True
+
     def forget(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
             self.by_partition.pop(partition, None)

@@ -178,7 +178,7 @@ def run_child(module: str, args: list[str], result_path: Path, log_path: Path, t
     """Run ``python -m <module> <args>`` to completion and read the :class:`ChildResult` it wrote."""
     result_path.unlink(missing_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    from livestream.demo import stop_process
+    from livestream.processes import stop_process
 
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
@@ -342,9 +342,9 @@ def worker_settings(settings: Settings, name: str) -> Settings:
 def start_worker_env(
     settings: Settings, log_path: Path, env: Mapping[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """:func:`livestream.demo.start_worker` with extra ``LIVESTREAM_*`` variables (settings it does not pass on,
+    """:func:`livestream.processes.start_worker` with extra ``LIVESTREAM_*`` variables (settings it does not pass on,
     e.g. ``LIVESTREAM_STANDBY_REPLICAS``) in the worker's environment."""
-    from livestream.demo import start_worker
+    from livestream.processes import start_worker
 
     with environ(env or {}):
         return start_worker(settings, log_path)

@@ -26,8 +26,8 @@ import aiohttp
 from agents.startup import ensure_topics
 from livestream.bench.common import BenchError, cpu_seconds, log, percentile
 from livestream.bench.pipeline import stop_worker, wait_ready, wait_redis_exact
-from livestream.demo import start_gateway, start_worker, stop_process
 from livestream.gateway_client import GatewayMinute, GatewaySender, SendStats, send_minutes
+from livestream.processes import start_gateway, start_worker, stop_process
 from stream.ingest import generate_token
 from stream.replay.generator import FairReplay
 from stream.replay.profile import OCOP_FAIR, scaled

@@ -27,12 +27,12 @@ import msgspec
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-from agents.redis_mirror import RedisKeys
 from agents.startup import ensure_topics
 from livestream.bench.common import BenchError, log, percentile
 from livestream.bench.pipeline import stop_worker, wait_ready
-from livestream.demo import start_worker
+from livestream.processes import start_worker
 from schemas.events import Event, View
+from schemas.redis_keys import RedisKeys
 from stream.replay.generator import FairReplay
 from stream.replay.profile import OCOP_FAIR, scaled
 from stream.settings import Settings

@@ -16,12 +16,12 @@ import msgspec
 import redis
 from aiokafka import AIOKafkaProducer
 
-from agents.redis_mirror import RedisKeys
 from agents.startup import ensure_topics
 from livestream.bench.common import BenchError, rss_mb
 from livestream.bench.pipeline import api_totals, stop_worker, wait_ready
-from livestream.demo import start_worker
+from livestream.processes import start_worker
 from schemas.events import Comment, View
+from schemas.redis_keys import RedisKeys
 from stream.settings import Settings
 
 CAMPAIGN = "bench-memory"

@@ -21,7 +21,7 @@ import redis
 
 from livestream import readback
 from livestream.bench.common import BenchError, Throughput, cpu_seconds, log
-from livestream.demo import start_worker
+from livestream.processes import start_worker
 from stream.replay.oracle import Oracle
 from stream.settings import Settings
 from stream.state import COUNTER_FIELDS

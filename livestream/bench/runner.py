@@ -477,7 +477,7 @@ def run_bench(options: BenchOptions, strict: bool = False) -> int:
 
     SIGTERM or SIGINT stops every child process (consumers, workers, the fair's ``livestream demo``, which stops
     its own worker first), then exits with 143 or 130 after the current step's namespaces are cleaned up."""
-    from livestream.demo import STOP_GRACE_S, children_stopped_on_signals
+    from livestream.processes import STOP_GRACE_S, children_stopped_on_signals
 
     bench = Bench(options)
     # The fair step's child is a demo that gives its own worker STOP_GRACE_S: give it a little more. Cleaning up

@@ -50,7 +50,7 @@ from livestream.bench.common import (
     worker_settings,
 )
 from livestream.bench.pipeline import wait_redis_exact
-from livestream.demo import stop_process
+from livestream.processes import stop_process
 from stream.replay.generator import FairReplay
 from stream.replay.oracle import Oracle
 from stream.replay.profile import OCOP_FAIR, FairProfile, scaled

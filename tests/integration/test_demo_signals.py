@@ -99,9 +99,9 @@ CHILD_IGNORING_SIGTERM = (
 PARENT = textwrap.dedent(
     f"""
     import subprocess, sys, time
-    import livestream.demo as demo
+    import livestream.processes as processes
 
-    with demo.children_stopped_on_signals(grace_s=1.0, name="test"):
+    with processes.children_stopped_on_signals(grace_s=1.0, name="test"):
         polite = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         stubborn = subprocess.Popen([sys.executable, "-c", {CHILD_IGNORING_SIGTERM!r}], stdout=subprocess.PIPE)
         stubborn.stdout.readline()

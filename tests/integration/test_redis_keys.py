@@ -16,9 +16,10 @@ import redis.asyncio as aioredis
 
 from agents.board import board_data
 from agents.fair import FairReader
-from agents.redis_mirror import RedisKeys, RedisMirror, channel_alert_records, split_alert_field
+from agents.redis_mirror import RedisMirror, channel_alert_records
 from livestream import readback
 from livestream.alerts import show_alerts
+from schemas.redis_keys import RedisKeys, split_alert_field
 from stream.alerts import ActiveAlert, active_alert_record
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow, LiveSnapshot

@@ -265,3 +265,23 @@ def test_a_record_read_again_after_a_restart_counts_as_redelivered_not_twice() -
     assert again.counters.redelivered_records == 1 and again.counters.applied_events == 0
     store.save(again)
     assert store.states["c1"].totals.views == 2
+
+
+def test_a_table_read_between_a_batch_and_its_save_does_not_roll_the_index_back() -> None:
+    """A resync after an assignment reads the tables while a batch waits for Kafka: its stale rows must not
+    replace the fold's views, or a livestream that went quiet holds campaign progress back for good."""
+    fold, store = new_fold(), MemoryStore()
+    first = _record(0, [_view(0, BASE + 1_000)])
+    store.save(fold.fold([first], store, now_ms=BASE + 1_000))
+    before = store.state("c1", first.partition)
+    assert before is not None and before.windows
+    wall = BASE + 1_000 + SPEC.idle_timeout_ms
+    closing = fold.fold([tick(first.partition, 1, wall, -1)], store, now_ms=wall)  # not saved yet
+    assert closing.finals
+    assert not fold.index.add_stored(before), "the fold's own view is newer than the table's row"
+    [progress] = fold.progress([first.partition], closing.ticks, wall)
+    assert progress.idle and progress.settled_through_ms > BASE, "no open window holds the partition back"
+    fresh = new_fold()
+    assert fresh.index.add_stored(before) and fresh.index.open_bounds[first.partition] == {
+        "c1": before.closed_through_ms
+    }

@@ -13,18 +13,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from rich.console import Console
 
-from agents.redis_mirror import (
+from agents.redis_mirror import RedisMirror, refused_for_its_key
+from livestream.render import channel_table
+from schemas.redis_keys import (
     TEXT_FIELDS,
     RedisKeys,
-    RedisMirror,
     alert_field,
     key_part,
     parse_hash,
     parse_key_part,
-    refused_for_its_key,
     split_alert_field,
 )
-from livestream.render import channel_table
 from stream.alerts import RULES
 from stream.settings import Settings
 from stream.snapshot import ClosedWindow, LiveSnapshot
