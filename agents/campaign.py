@@ -67,6 +67,7 @@ class CampaignAggregator(ChunkProcessor):
         await self.alert_index.load({0})
         stored = self.states.get(STATE_KEY, self.context)
         state = campaign.decode_state(stored) if stored is not None else campaign.CampaignState()
+        dropped_before = state.dropped_windows
         windows: list[campaign.CampaignWindow] = []
         alerts = []
         topic = self.settings.campaign_input_topic
@@ -151,6 +152,14 @@ class CampaignAggregator(ChunkProcessor):
         for change in alerts:
             if change.status == "firing":
                 self.live.alerts_fired[change.rule] += 1
+        if state.dropped_windows > dropped_before:
+            log.warning(
+                "campaign input: %d livestream window(s) for minutes older than every kept emitted minute of their "
+                "campaign (the last %d) dropped, %d in all: their livestreams' events lagged far behind the others",
+                state.dropped_windows - dropped_before,
+                campaign.CORRECTION_HORIZON,
+                state.dropped_windows,
+            )
         self.live.campaign_windows_ignored = state.ignored_windows
         self.live.campaign_corrections = state.corrections
         self.live.pending_campaign.extend((w.campaign, w.start_ms, w.counters, w.livestreams) for w in windows)

@@ -41,6 +41,7 @@ from faust.types import TP
 from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
 from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
+from agents.forwarding import ForwardLog
 from agents.freeze import GUARD
 from agents.startup import shorten_fetch_wait
 from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
@@ -174,6 +175,7 @@ class Fold(ChunkProcessor):
             healthy_since_ms=int(time.time() * 1000), outage_after_ms=int(max(settings.idle_tick_s, 5.0) * 1000)
         )
         self.tick_sends: list[Any] = []
+        self.forward_log = ForwardLog(settings.events_topic)
 
     def forget(self, partitions: set[int]) -> None:
         super().forget(partitions)
@@ -304,15 +306,8 @@ class Fold(ChunkProcessor):
         so the livestream's dedup counts them once.
         """
         pending = []
+        self.forward_log.note(records)
         for record, target in records:
-            log.warning(
-                "record %s[%d]@%d has key %r of partition %d: forwarded",
-                self.settings.events_topic,
-                record.partition,
-                record.offset,
-                (record.key or b"")[:64],
-                target,
-            )
             headers = [*(record.headers or ()), (FORWARDED_HEADER, f"{record.partition}@{record.offset}".encode())]
             pending.append(
                 await self.events_topic.send(

@@ -23,7 +23,7 @@ A copy for a minute that was already emitted (a livestream whose events lag its 
 and grace) is a *correction*: it is added to the minute, which is emitted again with ``revision`` + 1 and the GMV
 to date moved by its GMV, if the minute is among the last ``CORRECTION_HORIZON`` emitted minutes of its campaign;
 older, or a copy sent again after a crash (its livestream is already in the minute), it changes nothing and is
-counted in ``ignored_windows``.
+counted in ``ignored_windows`` (an older one also in ``dropped_windows``, which the aggregator logs).
 
 The state carries the input offset it reflects and is saved after the outputs are acknowledged, so a restart
 neither loses nor double counts a copy; windows re-emitted after a crash are filtered by the caller.
@@ -97,6 +97,9 @@ class CampaignState(msgspec.Struct):
     alerts: dict[str, dict[str, ActiveAlert]] = msgspec.field(default_factory=dict)
     """Active campaign alerts per campaign, by rule."""
     ignored_windows: int = 0
+    dropped_windows: int = 0
+    """Copies for a minute older than every kept emitted minute of their campaign: counted, never applied (also in
+    ``ignored_windows``); the aggregator logs each increase."""
     corrections: int = 0
     """Corrected campaign minutes emitted (see the module docstring)."""
 
@@ -224,6 +227,8 @@ def _correct(state: CampaignState, copy: ChannelWindowCopy, size_ms: int) -> lis
         window = kept[copy.start_ms] = EmittedWindow(Counters(), [], revision=-1)
     if window is None or copy.channel_id in window.channels:
         state.ignored_windows += 1
+        if window is None:
+            state.dropped_windows += 1
         return []
     window.channels.append(copy.channel_id)
     window.counters.merge(copy.counters)

@@ -6,7 +6,8 @@ event, state and dedup row the batch produced. The caller (``agents/fold.py``) o
 publishing, saving and committing; the fold owns *when* things happen:
 
 1. an idle-tick record (header :data:`TICK_HEADER`) runs the partition-level checks at its position;
-2. a record on a partition other than its key's home partition is forwarded there, unread;
+2. a record on a partition other than its key's home partition is forwarded there, unread (one over the
+   decoder's size limit is dead-lettered here instead, naming the original record);
 3. the record is decoded (bad records and bad events of envelopes become dead letters) and folded into its
    livestream's state (:func:`stream.state.apply_record`);
 4. right after each record, the windows its livestream's watermark passed close, the silences it ends and the
@@ -26,7 +27,7 @@ from typing import Protocol
 
 import msgspec
 
-from schemas.events import Event
+from schemas.events import MAX_RECORD_BYTES, Event
 from stream import campaign
 from stream.alerts import (
     AlertChange,
@@ -212,7 +213,7 @@ class BatchCounters:
     """What a batch counted (the worker adds them to its pipeline counters)."""
 
     records: int = 0
-    """Records processed, ticks excluded."""
+    """Records processed here, ticks and forwarded records excluded (a forwarded record counts at its home)."""
     ticks: int = 0
     applied_events: int = 0
     redelivered_records: int = 0
@@ -400,13 +401,20 @@ class _Batch:
             out.counters.ticks += 1
             self.scan(partition, record.timestamp, healthy_since)
             return
-        out.counters.records += 1
         if key is not None:
             home = self.fold.home_partition(key)
             if home != partition:
-                out.forwards.append((record, home))
                 out.counters.misrouted_records += 1
+                value = record.value
+                if value is not None and len(value) > MAX_RECORD_BYTES:
+                    # Dead-lettered here, naming this record: a copy could not be produced, nor read at home.
+                    out.counters.records += 1
+                    letter = DeadLetter("oversized", f"record value is {len(value)} bytes, limit {MAX_RECORD_BYTES}")
+                    out.dead_letters.append(DeadRecord(record, letter))
+                    return
+                out.forwards.append((record, home))
                 return
+        out.counters.records += 1
         produced_ms = record.timestamp
         self.fold.partition_wall[partition] = produced_ms
         result = decode_record(key, record.value, self.bounds)

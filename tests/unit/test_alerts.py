@@ -299,3 +299,23 @@ def test_an_idle_claim_older_than_the_data_does_not_release_a_campaign_window() 
     assert feed(campaign.PartitionProgress(1, campaign.SETTLED_ALL, idle=True, as_of_wall_ms=9_000)) == [
         (BASE + MINUTE, 3, 1)
     ]
+
+
+def test_a_copy_older_than_every_kept_campaign_minute_is_counted_as_dropped() -> None:
+    from stream.campaign import CampaignState, ChannelWindowCopy, PartitionProgress, apply_input
+
+    state, rules, minute = CampaignState(), AlertRules(), 60_000
+    offset = 0
+
+    def feed(record: ChannelWindowCopy | PartitionProgress) -> None:
+        nonlocal offset
+        offset += 1
+        apply_input(state, record, offset, 1, minute, rules)
+
+    feed(ChannelWindowCopy("a", "c", 10 * minute, Counters(views=1)))
+    feed(PartitionProgress(0, 10 * minute))
+    assert state.emitted_through == {"c": 10 * minute}
+    feed(ChannelWindowCopy("a", "c", 10 * minute, Counters(views=1)))  # sent again after a crash: a repeat
+    assert (state.ignored_windows, state.dropped_windows) == (1, 0)
+    feed(ChannelWindowCopy("b", "c", 5 * minute, Counters(views=1)))  # before the first emitted minute
+    assert (state.ignored_windows, state.dropped_windows) == (2, 1)

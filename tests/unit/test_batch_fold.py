@@ -22,7 +22,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.events import Batch, View
+from schemas.events import MAX_RECORD_BYTES, Batch, View
 from stream.alerts import AlertRules
 from stream.fold import TICK_HEADER, BatchFold, BatchOutput, FoldConfig, MemoryStore, Record, encode_tick
 from stream.replay.generator import FairReplay
@@ -178,7 +178,7 @@ def test_one_batch_equals_the_oracle() -> None:
     misrouted = sum(1 for recs in records.values() for r in recs if r.key == misplaced_key()[0])
     assert bad >= 2 and len(out["dead"]) == bad
     assert out["misrouted"] == misrouted == bad and len(out["forwards"]) == misrouted
-    assert out["records"] == sum(len(recs) for recs in records.values())
+    assert out["records"] == sum(len(recs) for recs in records.values()) - misrouted, "a forward counts at home only"
 
 
 total_records = sum(len(recs) for recs in fair_records()[0].values())
@@ -285,3 +285,15 @@ def test_a_table_read_between_a_batch_and_its_save_does_not_roll_the_index_back(
     assert fresh.index.add_stored(before) and fresh.index.open_bounds[first.partition] == {
         "c1": before.closed_through_ms
     }
+
+
+def test_a_misrouted_record_over_the_size_limit_is_dead_lettered_at_its_source() -> None:
+    fold, store = new_fold(), MemoryStore()
+    key, wrong = misplaced_key()
+    huge = b'{"type":"batch","channel_id":"x","events":[' + b" " * MAX_RECORD_BYTES + b"]}"
+    out = fold.fold([Record(wrong, 7, BASE, key, huge)], store, now_ms=BASE)
+    assert out.forwards == [], "a copy of it could neither be produced nor read at home"
+    assert [(d.record.partition, d.record.offset, d.letter.reason) for d in out.dead_letters] == [
+        (wrong, 7, "oversized")
+    ]
+    assert out.counters.records == 1 and out.counters.misrouted_records == 1
