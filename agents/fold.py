@@ -185,13 +185,14 @@ class Fold(ChunkProcessor):
         self.alert_index.forget(partitions)
 
     def load_owned_states(self) -> None:
-        """Every state of the owned table partitions into the fold's index and the live snapshot (after recovery),
-        except livestreams the fold already holds (:meth:`stream.fold.PartitionIndex.add_stored`: a batch can be
-        between its fold and its save, its states newer than the table's)."""
+        """Every state of the owned table partitions into the live snapshot, so Redis is re-mirrored in full (it may
+        hold a previous owner's older writes), and into the fold's index where the fold holds no view of it yet
+        (:meth:`stream.fold.PartitionIndex.add_stored`). A batch between its fold and its save has newer states than
+        the table: its save, which follows, writes them into the snapshot again."""
         for _key, value in self.table.items():
             state = decode_state(value)
-            if self.core.index.add_stored(state):
-                self.live.update(state)
+            self.core.index.add_stored(state)
+            self.live.update(state)
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
         """One batch, in this order: read (cursor, gaps), fold (pure), publish and wait for Kafka, save (tables and
