@@ -18,8 +18,10 @@ Ownership and offsets of the bulk topic are the fold's (``agents/fold.py``), not
 - on revocation (:meth:`BulkConsumer.on_partitions_revoked`, which runs inside the rebalance, before faust's own
   handling and before the group can hand the partition to anyone else) the sink waits for the chunk being
   processed to finish, then stops owning the partitions and commits the offsets it processed;
-- offsets are committed by the fold after the state they produced was handed to the producer and the producer
-  was flushed, so a committed offset never runs ahead of the state (changelog) it produced.
+- offsets are committed only once Kafka acknowledged every record handed to the producer before they were taken
+  (changelog rows, windows, alerts, dead letters, late copies, campaign input: :class:`agents.sends.PendingSends`),
+  so a committed offset never runs ahead of the state and output it produced; a send that failed stops the worker
+  instead of a commit past it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaFaustConsumer
 from faust.types import TP
+
+from agents.sends import PendingSends, SendFailedError, pending_sends
 
 log = logging.getLogger(__name__)
 
@@ -52,53 +56,88 @@ class Chunk:
     records: list[Any]
 
 
-class ChunkQueue:
-    """Chunks of the bulk topic waiting for the fold, bounded by the number of records buffered.
+def record_bytes(record: Any) -> int:
+    """Key and value bytes of a fetched record (what batches and the queue are bounded by)."""
+    return len(record.key or b"") + len(record.value or b"")
 
-    Lives on the main event loop: the drain loop appends, the fold takes. When more than ``max_records`` are
-    buffered the drain loop waits (fetching stops, so memory stays bounded).
+
+class ChunkQueue:
+    """Chunks of the bulk topic waiting for the fold, bounded by the records and the bytes buffered.
+
+    Lives on the main event loop: the drain loop appends, the fold takes. When more than ``max_records`` or
+    ``max_bytes`` are buffered the drain loop waits (fetching stops, so memory stays bounded).
     """
 
-    def __init__(self, topic: str, max_records: int) -> None:
+    def __init__(self, topic: str, max_records: int, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.topic = topic
         self.max_records = max_records
-        self.chunks: deque[Chunk] = deque()
+        self.max_bytes = max_bytes
+        self.chunks: deque[tuple[Chunk, int]] = deque()
+        """Each chunk with its bytes."""
         self.buffered = 0
+        self.buffered_bytes = 0
         self.has_chunks = asyncio.Event()
         self.has_room = asyncio.Event()
         self.has_room.set()
 
     def put(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
+        size = sum(record_bytes(record) for record in chunk.records)
+        self.chunks.append((chunk, size))
         self.buffered += len(chunk.records)
+        self.buffered_bytes += size
         self.has_chunks.set()
-        if self.buffered >= self.max_records:
+        if self.buffered >= self.max_records or self.buffered_bytes >= self.max_bytes:
             self.has_room.clear()
 
-    def take(self, max_records: int) -> list[Chunk]:
-        """Chunks in arrival order, up to about ``max_records`` records (at least one chunk if any)."""
+    def take(self, max_records: int, max_bytes: int = 1 << 62) -> list[Chunk]:
+        """Chunks in arrival order, up to ``max_records`` records and ``max_bytes`` bytes (at least one record if
+        any): a chunk that does not fit whole is split, its rest stays first in the queue."""
         taken: list[Chunk] = []
-        count = 0
-        while self.chunks and (not taken or count + len(self.chunks[0].records) <= max_records):
-            chunk = self.chunks.popleft()
-            taken.append(chunk)
-            count += len(chunk.records)
-        self._taken(count)
+        count = size = 0
+        while self.chunks and count < max_records and size < max_bytes:
+            chunk, chunk_bytes = self.chunks[0]
+            if count + len(chunk.records) <= max_records and size + chunk_bytes <= max_bytes:
+                self.chunks.popleft()
+                taken.append(chunk)
+                count += len(chunk.records)
+                size += chunk_bytes
+                continue
+            cut = cut_bytes = 0
+            for record in chunk.records:
+                extra = record_bytes(record)
+                fits = count + cut < max_records and size + cut_bytes + extra <= max_bytes
+                if not fits and (count or cut):
+                    break
+                cut += 1
+                cut_bytes += extra
+            if cut == len(chunk.records):  # a single record over the byte limit: taken alone
+                self.chunks.popleft()
+                taken.append(chunk)
+            else:
+                rest = Chunk(chunk.partition, chunk.generation, chunk.records[cut:])
+                self.chunks[0] = (rest, chunk_bytes - cut_bytes)
+                taken.append(Chunk(chunk.partition, chunk.generation, chunk.records[:cut]))
+            count += cut
+            size += cut_bytes
+            break
+        self._taken(count, size)
         return taken
 
     def drop(self, partitions: set[int]) -> int:
         """Discard the queued chunks of ``partitions``; returns how many records were dropped."""
-        kept = [c for c in self.chunks if c.partition not in partitions]
-        dropped = self.buffered - sum(len(c.records) for c in kept)
-        self.chunks = deque(kept)
-        self._taken(dropped)
+        kept = deque((c, b) for c, b in self.chunks if c.partition not in partitions)
+        dropped = self.buffered - sum(len(c.records) for c, _ in kept)
+        dropped_bytes = self.buffered_bytes - sum(b for _, b in kept)
+        self.chunks = kept
+        self._taken(dropped, dropped_bytes)
         return dropped
 
-    def _taken(self, count: int) -> None:
+    def _taken(self, count: int, size: int) -> None:
         self.buffered -= count
+        self.buffered_bytes -= size
         if not self.chunks:
             self.has_chunks.clear()
-        if self.buffered < self.max_records:
+        if self.buffered < self.max_records and self.buffered_bytes < self.max_bytes:
             self.has_room.set()
 
 
@@ -113,10 +152,21 @@ class ChunkProcessor:
     worker (a live process with a dead partition is the one outcome that is never acceptable).
     """
 
-    def __init__(self, app: Any, topic: str, max_buffered: int, batch_max_records: int, commit_interval_s: float):
+    def __init__(
+        self,
+        app: Any,
+        topic: str,
+        max_buffered: int,
+        batch_max_records: int,
+        commit_interval_s: float,
+        *,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+        batch_max_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self.app = app
-        self.queue = ChunkQueue(topic, max_buffered)
+        self.queue = ChunkQueue(topic, max_buffered, max_buffered_bytes)
         self.batch_max_records = batch_max_records
+        self.batch_max_bytes = batch_max_bytes
         self.commit_interval_s = commit_interval_s
         self.owned: dict[int, int] = {}
         """Owned partitions of the topic -> consumer-group generation they were assigned in."""
@@ -166,26 +216,41 @@ class ChunkProcessor:
             if (partitions is None or partition in partitions) and offset + 1 > self.committed.get(partition, -1)
         }
 
-    async def _commit(self, offsets: dict[TP, int]) -> None:
-        """Flush the producer (changelog included), then commit ``offsets``."""
+    def _commit_point(self, partitions: set[int] | None = None) -> tuple[dict[TP, int], list[Any]]:
+        """The offsets to commit and the records they wait for (call between batches)."""
+        return self._committable(partitions), self.sends.mark()
+
+    @property
+    def sends(self) -> PendingSends:
+        """Records handed to the producer and not yet acknowledged (a commit waits for those before it)."""
+        return pending_sends(self.app.producer)
+
+    async def _commit(self, offsets: dict[TP, int], marked: list[Any]) -> None:
+        """Wait until Kafka acknowledged every ``marked`` record (changelog included), then commit ``offsets``.
+        Raises :class:`agents.sends.SendFailedError` (and commits nothing) if one of them failed."""
         if not offsets:
             return
-        await self.app.producer.flush()
+        await self.sends.settle(marked, timeout_s=float(self.app.conf.producer_request_timeout))
         if await self.app.consumer._commit(offsets):
             for tp, offset in offsets.items():
                 if offset > self.committed.get(tp.partition, -1) and tp.partition in self.processed:
                     self.committed[tp.partition] = offset
 
     async def commit(self, partitions: set[int] | None = None) -> None:
-        """Commit what was processed (between batches), after any commit still running."""
+        """Commit what was processed (between batches), after any commit still running, once Kafka acknowledged
+        every record handed over until now."""
         await self._wait_committer()
-        await self._commit(self._committable(partitions))
+        await self._commit(*self._commit_point(partitions))
 
     async def _wait_committer(self) -> None:
+        """Collect the background commit's outcome: a failed send is raised (the worker stops), a failed commit
+        request is logged (the next one covers its offsets)."""
         task, self._committer = self._committer, None
         if task is not None:
             try:
                 await task
+            except SendFailedError:
+                raise
             except Exception as exc:
                 log.warning("commit failed: %r", exc)
 
@@ -195,15 +260,18 @@ class ChunkProcessor:
         queue = self.queue
         loop = asyncio.get_running_loop()
         last_commit = loop.time()
+        _ = self.sends  # follow the producer's records from the first batch on
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(queue.has_chunks.wait(), timeout=self.commit_interval_s)
-            chunks = queue.take(self.batch_max_records)
+            chunks = queue.take(self.batch_max_records, self.batch_max_bytes)
             async with self.lock:
                 owned = self.owned
                 valid = [c for c in chunks if owned.get(c.partition) == c.generation]
                 if valid:
                     await self.process_chunks(valid)
+                if self.sends.failure is not None:  # never go on (nor commit) past a record Kafka refused
+                    raise SendFailedError(f"a record was not acknowledged by Kafka: {self.sends.failure!r}")
                 # Backpressure: table writes queue their changelog records in faust's producer buffer without
                 # waiting (faust's own streams wait for it per record); do not run ahead of it by much.
                 buffer = self.app.producer.buffer
@@ -213,7 +281,7 @@ class ChunkProcessor:
                 if due and (self._committer is None or self._committer.done()):
                     last_commit = loop.time()
                     await self._wait_committer()  # done: only collects its outcome
-                    self._committer = asyncio.ensure_future(self._commit(self._committable()))
+                    self._committer = asyncio.ensure_future(self._commit(*self._commit_point()))
 
     async def stop(self) -> None:
         """On shutdown: wait for the batch in progress, commit what was processed, take nothing more."""

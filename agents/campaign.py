@@ -39,6 +39,8 @@ class CampaignAggregator(ChunkProcessor):
             max_buffered=settings.max_buffered_records,
             batch_max_records=settings.batch_max_records,
             commit_interval_s=settings.commit_interval_s,
+            max_buffered_bytes=settings.max_buffered_bytes,
+            batch_max_bytes=settings.batch_max_bytes,
         )
         self.settings = settings
         self.live = live

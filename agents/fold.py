@@ -132,6 +132,8 @@ class Fold(ChunkProcessor):
             max_buffered=settings.max_buffered_records,
             batch_max_records=settings.batch_max_records,
             commit_interval_s=settings.commit_interval_s,
+            max_buffered_bytes=settings.max_buffered_bytes,
+            batch_max_bytes=settings.batch_max_bytes,
         )
         self.settings = settings
         self.live = live
@@ -184,15 +186,23 @@ class Fold(ChunkProcessor):
         self.emitted.forget(partitions)
         self.alert_index.forget(partitions)
 
-    def load_owned_states(self) -> None:
+    async def load_owned_states(self, slice_states: int = 2_000) -> bool:
         """Every state of the owned table partitions into the live snapshot, so Redis is re-mirrored in full (it may
         hold a previous owner's older writes), and into the fold's index where the fold holds no view of it yet
         (:meth:`stream.fold.PartitionIndex.add_stored`). A batch between its fold and its save has newer states than
-        the table: its save, which follows, writes them into the snapshot again."""
-        for _key, value in self.table.items():
+        the table: its save, which follows, writes them into the snapshot again. Runs in slices of
+        ``slice_states`` that yield to the event loop (100,000 livestreams take seconds to decode); gives up (False)
+        when a rebalance starts meanwhile (the next assignment asks for a resync again)."""
+        for count, (_key, value) in enumerate(self.table.items(), start=1):
             state = decode_state(value)
-            self.core.index.add_stored(state)
-            self.live.update(state)
+            if state.partition in self.owned:
+                self.core.index.add_stored(state)
+                self.live.update(state)
+            if count % slice_states == 0:
+                await asyncio.sleep(0)
+                if self.app.rebalancing:
+                    return False
+        return True
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
         """One batch, in this order: read (cursor, gaps), fold (pure), publish and wait for Kafka, save (tables and
@@ -481,7 +491,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
         if not live.resync_pending or app.rebalancing or app.in_recovery or not recovered:
             return
         live.resync_pending = False
-        fold.load_owned_states()
-        live.ready = True
+        if await fold.load_owned_states():
+            live.ready = True
 
     return fold

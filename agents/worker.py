@@ -23,7 +23,6 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     metrics.register(app, settings, live)
     api.register(app, settings, live)
     board.register(app, settings, live)
-    freeze.install(app, settings.data_dir, app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval)
     return app, live
 
 
@@ -31,6 +30,7 @@ def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM (faust stops gracefully, flushing and committing)."""
     app, _ = build_worker(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    freeze.install(settings.data_dir, app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval)
     asyncio.run(prepare_kafka(settings, changelog_topics(app)))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

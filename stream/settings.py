@@ -41,11 +41,20 @@ class Settings(BaseSettings):
 
     # Processing.
     batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
+    batch_max_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=1,
+        description="key and value bytes taken per processing batch (at least one record): bounds the events of a "
+        "batch, so the event loop is never held for long",
+    )
     batch_within_s: float = Field(
         0.05, gt=0, description="longest wait to fill a faust take_events batch (the pass-through benchmark)"
     )
     max_buffered_records: int = Field(
         50_000, ge=1, description="fetched events records waiting for processing before fetching pauses"
+    )
+    max_buffered_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="bytes of fetched records waiting for processing before fetching pauses"
     )
     commit_interval_s: float = Field(1.0, gt=0, description="how often processed offsets are committed")
     standby_replicas: int = Field(

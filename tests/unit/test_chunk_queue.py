@@ -1,0 +1,86 @@
+"""The chunk queue hands out batches bounded by records and by bytes, splitting a chunk when needed, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agents.bulk_consumer import Chunk, ChunkQueue
+
+
+@dataclass
+class Rec:
+    offset: int
+    value: bytes
+    key: bytes = b"k"
+
+
+def _chunk(partition: int, first: int, sizes: list[int]) -> Chunk:
+    return Chunk(partition, 1, [Rec(first + i, b"x" * size) for i, size in enumerate(sizes)])
+
+
+def test_a_chunk_over_the_byte_limit_is_split_and_its_rest_comes_next() -> None:
+    async def scenario() -> list[list[int]]:
+        queue = ChunkQueue("t", max_records=1000, max_bytes=10_000)
+        queue.put(_chunk(0, 0, [99] * 10))  # 100 bytes a record with its key
+        batches = []
+        while queue.chunks:
+            batches.append([r.offset for c in queue.take(100, 350) for r in c.records])
+        assert queue.buffered == 0 and queue.buffered_bytes == 0
+        return batches
+
+    assert asyncio.run(scenario()) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
+
+
+def test_a_record_larger_than_the_byte_limit_is_taken_alone() -> None:
+    async def scenario() -> list[list[int]]:
+        queue = ChunkQueue("t", max_records=1000)
+        queue.put(_chunk(0, 0, [10, 5000, 10]))
+        return [[r.offset for c in queue.take(100, 1000) for r in c.records] for _ in range(3)]
+
+    assert asyncio.run(scenario()) == [[0], [1], [2]]
+
+
+def test_fetching_pauses_when_the_queue_holds_too_many_bytes() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        queue = ChunkQueue("t", max_records=1000, max_bytes=1000)
+        queue.put(_chunk(0, 0, [600, 600]))
+        full = not queue.has_room.is_set()
+        queue.take(100, 700)
+        return full, queue.has_room.is_set()
+
+    assert asyncio.run(scenario()) == (True, True)
+
+
+@given(
+    chunks=st.lists(st.lists(st.integers(0, 300), min_size=1, max_size=20), min_size=1, max_size=8),
+    max_records=st.integers(1, 30),
+    max_bytes=st.integers(1, 2000),
+)
+def test_batches_keep_every_record_once_in_order_within_their_bounds(
+    chunks: list[list[int]], max_records: int, max_bytes: int
+) -> None:
+    async def scenario() -> None:
+        queue = ChunkQueue("t", max_records=10_000, max_bytes=1 << 30)
+        offsets: dict[int, int] = {}
+        expected: list[tuple[int, int]] = []
+        for index, sizes in enumerate(chunks):
+            partition = index % 3
+            first = offsets.get(partition, 0)
+            offsets[partition] = first + len(sizes)
+            queue.put(_chunk(partition, first, sizes))
+            expected += [(partition, first + i) for i in range(len(sizes))]
+        seen: list[tuple[int, int]] = []
+        while queue.chunks:
+            batch = queue.take(max_records, max_bytes)
+            records = [r for c in batch for r in c.records]
+            assert records and len(records) <= max_records
+            assert len(records) == 1 or sum(len(r.value) + len(r.key) for r in records) <= max_bytes
+            seen += [(c.partition, r.offset) for c in batch for r in c.records]
+        assert seen == expected
+        assert queue.buffered == 0 and queue.buffered_bytes == 0
+
+    asyncio.run(scenario())
