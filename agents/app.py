@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> faust.App:
         settings.app_id,
         broker=brokers,
         broker_credentials=broker_credentials(settings),
+        broker_client_id=settings.app_id,  # one client id per namespace: broker quotas and logs name the app
         store="rocksdb://",
         datadir=str(settings.data_dir),
         autodiscover=False,

@@ -18,7 +18,11 @@ A stopped process stops every thread: when it runs again, the gap between the th
 - every side effect (saving states, publishing windows, alerts and campaign copies, a Redis flush) first calls
   :meth:`FreezeGuard.check`, which ends the process if the guard tripped or the thread has not beaten for
   ``limit_s`` (after a stop the loop may run before the thread does);
-- ending means: the local table state is discarded and the process exits with :data:`EXIT_FROZEN`. Restarted
+- Kafka's producer checks too, right before it writes a produce request (:func:`guard_produce_requests`): the
+  records it held when the process stopped (changelog rows of states the new owner has since moved past) must not
+  reach the broker after the takeover, where compaction and recovery would take them as the newest;
+- ending is fast, so that nothing else runs meanwhile: the local table directory is renamed aside (one system
+  call; a worker deletes such directories when it starts) and the process exits with :data:`EXIT_FROZEN`. Restarted
   (by its supervisor), it restores its tables from the changelogs and reprocesses from the group's committed
   offsets; what its producer had already buffered before the stop is repaired there (the restored cursor of a
   partition is then behind the committed offset, and the records in between are read again; livestreams whose
@@ -27,12 +31,14 @@ A stopped process stops every thread: when it runs again, the gap between the th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +98,46 @@ class FreezeGuard:
             self.beat()
 
     def trip(self, stood_still: float) -> None:
-        log.critical(
-            "the process stood still for %.1f s (limit %.1f s): the group may have given this worker's "
-            "partitions to another; exiting without saving or publishing anything more, local table state "
-            "discarded (restored from the changelogs on restart)",
-            stood_still,
-            self.limit_s,
-        )
+        """Discard the local tables and exit at once (see the module)."""
         if self.tables_dir is not None:
-            shutil.rmtree(self.tables_dir, ignore_errors=True)
-        logging.shutdown()
+            with contextlib.suppress(OSError):
+                os.rename(self.tables_dir, discarded_name(self.tables_dir))
+        message = (
+            f"the process stood still for {stood_still:.1f} s (limit {self.limit_s:.1f} s): the group may have "
+            "given this worker's partitions to another; exiting without saving or publishing anything more, local "
+            "table state discarded (restored from the changelogs on restart)\n"
+        )
+        with contextlib.suppress(OSError):
+            os.write(2, f"[CRITICAL] {message}".encode())
         os._exit(EXIT_FROZEN)
+
+
+def discarded_name(tables_dir: Path) -> Path:
+    return tables_dir.with_name(f"{tables_dir.name}.discarded-{os.getpid()}-{time.time_ns()}")
+
+
+def remove_discarded(tables_dir: Path) -> None:
+    """Delete table directories a fenced worker renamed aside (at start, before the tables open)."""
+    for folder in tables_dir.parent.glob(f"{tables_dir.name}.discarded-*"):
+        log.info("removing local table state discarded after a stop: %s", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def guard_produce_requests() -> None:
+    """Make aiokafka's producer check :data:`GUARD` right before each produce request it writes (once)."""
+    from aiokafka.producer import sender
+
+    handler = sender.SendProduceReqHandler
+    if getattr(handler.do, "freeze_guarded", False):
+        return
+    unguarded = handler.do
+
+    async def do(self: Any, node_id: int) -> Any:
+        GUARD.check()
+        return await unguarded(self, node_id)
+
+    do.freeze_guarded = True  # type: ignore[attr-defined]
+    handler.do = do
 
 
 GUARD = FreezeGuard(limit_s=float("inf"), tables_dir=None)
@@ -113,4 +148,6 @@ def install(data_dir: Path, session_timeout_s: float, heartbeat_interval_s: floa
     """Arm :data:`GUARD` for a worker and start its beat thread."""
     GUARD.limit_s = max(1.0, session_timeout_s - heartbeat_interval_s - 1.0)
     GUARD.tables_dir = data_dir / "v1" / "tables"
+    remove_discarded(GUARD.tables_dir)
+    guard_produce_requests()
     GUARD.start()

@@ -22,14 +22,16 @@ import redis
 from agents.startup import ensure_topics
 from livestream import readback, services
 from livestream.processes import (
+    SupervisedWorker,
+    WorkerExitedError,
     children_stopped_on_signals,
     log,
     port_in_use,
     read_metrics,
     remove_earlier_demos,
     start_gateway,
-    start_worker,
     stop_process,
+    until_worker_exits,
     wait_caught_up,
     wait_http,
 )
@@ -91,7 +93,7 @@ def _run_demo(
     if port_in_use(settings.web_port):
         log(f"port {settings.web_port} is in use: stop what runs there or pass --web-port")
         return 2
-    worker = start_worker(settings, settings.data_dir / "worker.log")
+    worker = SupervisedWorker(settings, settings.data_dir / "worker.log")
     try:
         wait_http(f"http://127.0.0.1:{settings.web_port}/api/totals", 120, worker)
         log(
@@ -99,16 +101,21 @@ def _run_demo(
             f"metrics http://127.0.0.1:{settings.web_port}/metrics; replaying the fair"
         )
         started = time.monotonic()
-        if via_gateway:
-            result = _replay_via_gateway(settings, profile, seed=seed, batch=batch, speed=speed)
-        else:
-            result = asyncio.run(replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True))
-        expected = result.oracle.summary()
-        log(
-            f"produced {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s; "
-            "waiting for the pipeline to catch up"
-        )
-        totals = wait_caught_up(settings, profile.campaign, expected, timeout, worker)
+        try:
+            if via_gateway:
+                result = _replay_via_gateway(settings, profile, worker, seed=seed, batch=batch, speed=speed)
+            else:
+                replay = replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True)
+                result = asyncio.run(until_worker_exits(replay, worker))
+            expected = result.oracle.summary()
+            log(
+                f"produced {result.events:,} events in {result.records:,} records in {result.seconds:.1f} s; "
+                "waiting for the pipeline to catch up"
+            )
+            totals = wait_caught_up(settings, profile.campaign, expected, timeout, worker)
+        except WorkerExitedError as exc:
+            log(f"{exc}: replay stopped")
+            return 1
         elapsed = time.monotonic() - started
         ok = totals == expected
         if once:
@@ -130,10 +137,12 @@ def _run_demo(
         _serve(settings, profile.campaign, expected, totals, elapsed, result.events)
         return 0
     finally:
-        stop_process(worker, grace_s=60)
+        worker.stop(grace_s=60)
 
 
-def _replay_via_gateway(settings: Settings, profile: Any, *, seed: int, batch: int, speed: float) -> Any:
+def _replay_via_gateway(
+    settings: Settings, profile: Any, worker: SupervisedWorker, *, seed: int, batch: int, speed: float
+) -> Any:
     """The fair sent through a gateway started for the demo; a result with the fields the demo reports."""
     from livestream.gateway_client import replay_via_gateway
     from livestream.producer import ReplayResult, progress_printer
@@ -144,9 +153,10 @@ def _replay_via_gateway(settings: Settings, profile: Any, *, seed: int, batch: i
     try:
         log(f"gateway up at {url}; sending the fair through it")
         minutes = (profile.end_ms - profile.start_ms) // 60_000
-        sent = asyncio.run(
-            replay_via_gateway(url, token, profile, seed, batch=batch, speed=speed, on_minute=progress_printer(minutes))
+        sending = replay_via_gateway(
+            url, token, profile, seed, batch=batch, speed=speed, on_minute=progress_printer(minutes)
         )
+        sent = asyncio.run(until_worker_exits(sending, worker))
     finally:
         stop_process(gateway)
     return ReplayResult(oracle=sent.oracle, records=sent.requests, events=sent.events, seconds=sent.seconds)

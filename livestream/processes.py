@@ -19,11 +19,11 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from multiprocessing import resource_tracker
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
@@ -32,6 +32,17 @@ from livestream import readback
 from livestream.lag import consumer_lag
 from stream.replay.profile import OCOP_FAIR
 from stream.settings import Settings
+
+T = TypeVar("T")
+
+
+class Polled(Protocol):
+    """A worker process as the waits below see it (``subprocess.Popen`` or :class:`SupervisedWorker`)."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
 
 STOP_GRACE_S = 10.0
 """Seconds a child process has to exit after SIGTERM before it is killed."""
@@ -170,6 +181,71 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
         )
 
 
+class WorkerExitedError(RuntimeError):
+    """The supervised worker exited for good."""
+
+
+class SupervisedWorker:
+    """A worker child process, watched as a supervisor (compose, Kubernetes) would: one that fenced itself after a
+    stop (exit :data:`agents.freeze.EXIT_FROZEN`, "restart me") is started again, at most ``max_restarts`` times;
+    any other exit is final. :meth:`poll` answers as ``Popen.poll`` (None while a worker runs)."""
+
+    def __init__(self, settings: Settings, log_path: Path, max_restarts: int = 3) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.process = start_worker(settings, log_path)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        from agents.freeze import EXIT_FROZEN
+
+        code = self.process.poll()
+        if code is None:
+            return None
+        if code == EXIT_FROZEN and self.restarts < self.max_restarts:
+            self.restarts += 1
+            log(f"the worker exited {code} (it fenced itself after a stop); starting it again ({self.restarts})")
+            self.process = start_worker(self.settings, self.log_path)
+            return None
+        self.returncode = code
+        return code
+
+    def check(self) -> None:
+        """Raise :class:`WorkerExitedError` if the worker is gone for good."""
+        code = self.poll()
+        if code is not None:
+            raise WorkerExitedError(f"the worker exited with status {code}; see {self.log_path}")
+
+    async def watch(self, interval_s: float = 0.2) -> None:
+        """Return (raise) as soon as the worker is gone for good."""
+        while True:
+            self.check()
+            await asyncio.sleep(interval_s)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        stop_process(self.process, grace_s)
+
+
+async def until_worker_exits(work: Awaitable[T], worker: SupervisedWorker) -> T:
+    """Run ``work`` (a replay); if the worker exits for good meanwhile, stop it at once and raise
+    :class:`WorkerExitedError` (producing into a dead worker helps nobody)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(worker.watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        watcher.result()  # raises WorkerExitedError
+        raise AssertionError("unreachable")
+    finally:
+        watcher.cancel()
+
+
 async def _delete_topics(kafka: Mapping[str, Any], prefix_pattern: re.Pattern[str], keep: str) -> list[str]:
     admin = AIOKafkaAdminClient(**kafka)
     await admin.start()
@@ -211,7 +287,7 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_http(url: str, timeout: float, worker: subprocess.Popen[bytes]) -> None:
+def wait_http(url: str, timeout: float, worker: Polled) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.poll() is not None:
@@ -227,7 +303,7 @@ def wait_http(url: str, timeout: float, worker: subprocess.Popen[bytes]) -> None
 
 
 def wait_caught_up(
-    settings: Settings, campaign: str, expected: dict[str, int], timeout: float, worker: subprocess.Popen[bytes]
+    settings: Settings, campaign: str, expected: dict[str, int], timeout: float, worker: Polled
 ) -> dict[str, int]:
     """Poll Redis until the campaign summary equals ``expected``, or the group has no lag and totals are stable."""
     client = redis.Redis.from_url(settings.redis_url)

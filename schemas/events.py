@@ -23,8 +23,11 @@ MAX_RECORD_BYTES: Final = 4 * 1024 * 1024
 MAX_JSON_DEPTH: Final = 32
 """Deepest JSON nesting accepted, counting every array and object (unknown fields included) and the record's own
 object as level 1; events need 1 level, envelopes 3. Deeper records go to the dead-letter topic as ``too_deep``."""
-MAX_BATCH_EVENTS: Final = 100_000
-"""Most events in one batch envelope."""
+MAX_BATCH_EVENTS: Final = 10_000
+"""Most events in one batch envelope. An envelope is bounded by :data:`MAX_RECORD_BYTES` too: the limits agree so
+that a full envelope fits when its events average up to :data:`ENVELOPE_EVENT_BYTES` (every event of the fair
+replay, an event with UUID ids and a short comment); larger events fit fewer to an envelope."""
+ENVELOPE_EVENT_BYTES: Final = MAX_RECORD_BYTES // MAX_BATCH_EVENTS - 1
 MAX_TS_MS: Final = 253_402_300_799_999
 """Latest representable event time: 9999-12-31T23:59:59.999Z (the decoder's time bounds are much narrower)."""
 

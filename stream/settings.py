@@ -143,7 +143,7 @@ class Settings(BaseSettings):
     gateway_linger_ms: float = Field(
         5.0, ge=0, le=20, description="how long events wait for others of their livestream to share an envelope"
     )
-    gateway_envelope_max_events: int = Field(5_000, ge=1, le=100_000, description="events per envelope")
+    gateway_envelope_max_events: int = Field(5_000, ge=1, le=10_000, description="events per envelope")
     gateway_envelope_max_bytes: int = Field(
         512 * 1024, ge=300 * 1024, le=1_000_000, description="bytes per envelope record (under Kafka's 1 MB default)"
     )

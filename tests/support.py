@@ -84,7 +84,8 @@ class Pipeline:
         )
 
     # Workers -------------------------------------------------------------------------------------------------
-    def start_worker(self, index: int = 0, wait: bool = True) -> subprocess.Popen[bytes]:
+    def start_worker(self, index: int = 0, wait: bool = True, cpus: str | None = None) -> subprocess.Popen[bytes]:
+        """Start worker ``index`` (its own port and data directory); ``cpus`` pins it (``taskset -c``)."""
         port = free_port()
         data_dir = self.root / f"worker-{index}"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,10 @@ class Pipeline:
             **self.extra_env,
         )
         log = (self.root / f"worker-{index}.log").open("ab")
-        proc = subprocess.Popen([sys.executable, "-m", "livestream", "worker"], env=env, stdout=log, stderr=log)
+        command = [sys.executable, "-m", "livestream", "worker"]
+        if cpus is not None:
+            command = ["taskset", "-c", cpus, *command]
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         self.workers.append(proc)
         self.ports.append(port)
         if wait:

@@ -7,16 +7,20 @@ are compared with the oracle, and no final window may appear twice in its topic.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from livestream.lag import partition_lag
 from livestream.producer import ReplayResult
 from livestream.services import LOCAL
 from schemas.alerts import AlertRecord
@@ -154,6 +158,55 @@ def test_kill_9_three_times_during_the_replay(pipeline: Pipeline, batch: int) ->
 
     settle = run_scenario(pipeline, inject, batch=batch)
     print(f"kill -9 x3: restarts {[round(r, 1) for r in restarts]} s, exact {settle:.1f} s after the replay")
+
+
+def committed_records(pipeline: Pipeline) -> int:
+    """Sum of the group's committed offsets on the events topic."""
+    s = pipeline.settings()
+    lags = asyncio.run(partition_lag(s.kafka_client_options(), s.app_id, s.events_topic))
+    return sum(max(0, committed) for _, committed, _ in lags.values())
+
+
+def set_produce_quota(client_id: str, bytes_per_s: int | None) -> None:
+    """A client quota on the local broker (``kafka-configs``' ConfigCommand from the broker's own jars)."""
+    change = (
+        ["--add-config", f"producer_byte_rate={bytes_per_s}"]
+        if bytes_per_s
+        else ["--delete-config", "producer_byte_rate"]
+    )
+    cache = Path(os.environ.get("LIVESTREAM_CACHE_DIR") or LOCAL.parents[1] / ".cache")
+    jars = str(cache / "kafka" / "libs" / "*")
+    command = ["java", "-cp", jars, "kafka.admin.ConfigCommand", "--bootstrap-server", "127.0.0.1:9092", "--alter"]
+    command += [*change, "--entity-type", "clients", "--entity-name", client_id]
+    subprocess.run(
+        command,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+
+
+@pytest.mark.slow
+@BATCHES
+def test_kill_9_right_after_a_commit_with_the_producer_throttled(pipeline: Pipeline, batch: int) -> None:
+    """The broker throttles the worker's producer (a client quota), so its changelog rows trail its processing; a
+    kill -9 right after the group's committed offsets moved loses nothing: offsets are committed only after every
+    record they produced was acknowledged. Restored exactly, every final window once."""
+    client_id = pipeline.settings().app_id
+
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        set_produce_quota(client_id, 20_000)
+        replay.at(0.4)
+        before = committed_records(pipe)
+        wait_until(lambda: committed_records(pipe) > before, 60, "a commit under the quota", interval=0.05)
+        pipe.stop_worker(pipe.workers[-1], signal.SIGKILL)
+        set_produce_quota(client_id, None)
+        pipe.start_worker(index=len(pipe.workers))
+
+    try:
+        run_scenario(pipeline, inject, batch=batch)
+    finally:
+        set_produce_quota(client_id, None)
 
 
 @pytest.mark.slow

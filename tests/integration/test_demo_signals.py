@@ -137,3 +137,67 @@ def test_stop_signal_stops_every_child_then_exits_128_plus_signal(sig: signal.Si
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, int, Path]:
+    namespace, port, log = f"t{uuid.uuid4().hex[:10]}", free_port(), tmp_path / "demo.log"
+    command = [sys.executable, "-m", "livestream", "--namespace", namespace, "--web-port", str(port)]
+    command += ["--data-dir", str(tmp_path / "worker"), "demo", *args]
+    with log.open("ab") as out:
+        demo = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    return demo, namespace, port, log
+
+
+def _the_worker(demo: subprocess.Popen[bytes]) -> tuple[int, str]:
+    found = {pid: c for pid, c in children(demo.pid).items() if "livestream worker" in c[1]}
+    assert len(found) == 1, f"one worker child expected: {children(demo.pid)}"
+    [(pid, (started, _))] = found.items()
+    return pid, started
+
+
+def _finish(demo: subprocess.Popen[bytes], namespace: str) -> None:
+    if demo.poll() is None:
+        demo.kill()
+        demo.wait(10)
+    for pid, (started, command) in children(demo.pid).items():
+        if "livestream worker" in command and running(pid, started):
+            os.kill(pid, signal.SIGKILL)
+    cleanup_namespace(Settings(), namespace)
+
+
+@pytest.mark.services
+def test_demo_stops_producing_at_once_when_its_worker_dies(services: None, tmp_path: Path) -> None:
+    """A worker killed mid-replay: the demo says so within seconds, stops the replay and exits 1."""
+    demo, namespace, port, log = _start_demo(tmp_path, "--once", "--scale", "0.01", "--speed", "300")
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/api/totals", demo, log), 120, f"the worker on {port}")
+        time.sleep(3)  # the replay (about 57 s at this speed) is under way
+        worker_pid, _ = _the_worker(demo)
+        os.kill(worker_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert demo.wait(20) == 1
+        assert time.monotonic() - killed_at < 10
+        text = log.read_text(errors="replace")
+        assert f"the worker exited with status {-signal.SIGKILL}" in text and "replay stopped" in text, text[-3000:]
+        assert '"exact"' not in text
+    finally:
+        _finish(demo, namespace)
+
+
+@pytest.mark.services
+def test_demo_restarts_a_worker_that_fenced_itself_and_stays_exact(services: None, tmp_path: Path) -> None:
+    """A worker stopped past its session timeout fences itself (exit 75) when it runs again; the demo starts it
+    again, as a supervisor would, and the totals are still exact."""
+    demo, namespace, port, log = _start_demo(tmp_path, "--once", "--scale", "0.01", "--speed", "600")
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/api/totals", demo, log), 120, f"the worker on {port}")
+        time.sleep(2)
+        worker_pid, _ = _the_worker(demo)
+        os.kill(worker_pid, signal.SIGSTOP)
+        time.sleep(9)  # over the freeze guard's limit (session 10 s - heartbeat 2 s - 1 s)
+        os.kill(worker_pid, signal.SIGCONT)
+        assert demo.wait(240) == 0, log.read_text(errors="replace")[-3000:]
+        text = log.read_text(errors="replace")
+        assert "it fenced itself after a stop" in text and '"exact": true' in text, text[-3000:]
+    finally:
+        _finish(demo, namespace)

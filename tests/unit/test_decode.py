@@ -9,7 +9,15 @@ import time
 import msgspec
 import pytest
 
-from schemas.events import MAX_BATCH_EVENTS, MAX_JSON_DEPTH, MAX_RECORD_BYTES, Batch, Comment, View
+from schemas.events import (
+    ENVELOPE_EVENT_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_JSON_DEPTH,
+    MAX_RECORD_BYTES,
+    Batch,
+    Comment,
+    View,
+)
 from stream.decode import (
     DEAD_LETTER_REASONS,
     DeadLetter,
@@ -306,3 +314,35 @@ def test_the_largest_poison_is_rejected_quickly(value: bytes) -> None:
     result = decode_record(b"c1", value, BOUNDS)
     assert isinstance(result, DeadLetter), result
     assert time.perf_counter() - started < 2.0  # about 40 ms each here
+
+
+def _order_of_size(index: int, size: int, channel_id: str) -> dict[str, object]:
+    """An order event with UUID-like ids, its comment-free JSON padded to exactly ``size`` bytes by its order id."""
+    event: dict[str, object] = {
+        "type": "order",
+        "event_id": f"{index:08d}-7d1e-4c2b-9f3a-5b6c7d8e9f01",
+        "channel_id": channel_id,
+        "creator_id": "c2f1a3b4-5d6e-4f70-8192-a3b4c5d6e7f8",
+        "campaign": "ocop-bac-giang-2023",
+        "user_id": f"{index:08d}-1111-4222-8333-444455556666",
+        "ts_ms": 1_687_572_000_000 + index,
+        "order_id": "o",
+        "product_id": "vai-thieu-luc-ngan-1kg",
+        "quantity": 1,
+        "amount_vnd": 250_000,
+        "status": "paid",
+    }
+    event["order_id"] = "o" * (size - len(enc(event)) + 1)
+    assert len(enc(event)) == size
+    return event
+
+
+def test_the_largest_envelope_the_schema_allows_fits_the_byte_limit() -> None:
+    """MAX_BATCH_EVENTS events averaging ENVELOPE_EVENT_BYTES (UUID ids: the size of real SDK events) decode whole:
+    the count limit of the schema and the byte limit of the decoder agree."""
+    channel_id = "0b9c6a52-3f1d-4e8b-a7c2-1d2e3f405162"
+    events = [_order_of_size(i, ENVELOPE_EVENT_BYTES, channel_id) for i in range(MAX_BATCH_EVENTS)]
+    value = envelope(events, channel_id=channel_id)
+    assert len(value) <= MAX_RECORD_BYTES
+    result = decode_record(channel_id.encode(), value, BOUNDS)
+    assert isinstance(result, Decoded) and len(result.events) == MAX_BATCH_EVENTS and not result.rejected

@@ -116,3 +116,30 @@ def test_a_side_effect_after_a_stop_exits_even_before_the_thread_beats_again(tmp
     assert done.returncode == EXIT_FROZEN, done.stderr
     assert "not reached" not in done.stdout
     assert not tables.exists()
+
+
+def test_the_producer_writes_no_request_after_a_stop(tmp_path: Path) -> None:
+    """aiokafka's produce requests are checked too: records the producer held at a stop never reach the broker."""
+    tables = _tables(tmp_path)
+    done = _run(
+        f"""
+        import asyncio, time
+        from pathlib import Path
+        from aiokafka.producer.sender import SendProduceReqHandler
+        from agents import freeze
+        freeze.guard_produce_requests()
+        freeze.GUARD.tables_dir = Path({str(tables)!r})
+        freeze.GUARD.limit_s = 0.2
+        freeze.GUARD.armed = True
+        freeze.GUARD.last_beat = time.monotonic() - 1.0  # stopped, and not seen by the thread yet
+
+        class NoBroker:
+            def create_request(self):
+                print("request written")
+
+        asyncio.run(SendProduceReqHandler.do(NoBroker(), 1))
+        """
+    )
+    assert done.returncode == EXIT_FROZEN, done.stderr
+    assert "request written" not in done.stdout
+    assert not tables.exists() and list(tmp_path.glob("v1/tables.discarded-*"))
