@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from agents.topic_reader import read_to_end
+from agents.topic_reader import stream_to_end
 from schemas.alerts import AlertRecord
 from schemas.stats import CampaignWindowStats, WindowStats
 
@@ -55,10 +55,11 @@ class CampaignEmitted:
     async def load(self) -> None:
         if self.loaded:
             return
-        for record in await read_to_end(self.kafka, self.topic, {0}):
-            if record.value is not None:
-                window = msgspec.json.decode(record.value, type=CampaignWindowStats)
-                self.mark(window.campaign, window.window_start_ms, window.revision)
+        async for records in stream_to_end(self.kafka, self.topic, {0}):
+            for record in records:
+                if record.value is not None:
+                    window = msgspec.json.decode(record.value, type=CampaignWindowStats)
+                    self.mark(window.campaign, window.window_start_ms, window.revision)
         self.loaded = True
 
 
@@ -94,13 +95,17 @@ class EmittedIndex:
         if not partitions:
             return
         started = time.monotonic()
-        count = 0
-        per_topic = await asyncio.gather(*(read_to_end(self.kafka, topic, partitions) for topic in self.topics))
-        for records in per_topic:
-            for record in records:
-                if record.value is not None:
-                    self.mark(*self.identity(record.value))
-                    count += 1
+
+        async def read(topic: str) -> int:
+            found = 0
+            async for records in stream_to_end(self.kafka, topic, partitions):
+                for record in records:
+                    if record.value is not None:
+                        self.mark(*self.identity(record.value))
+                        found += 1
+            return found
+
+        count = sum(await asyncio.gather(*(read(topic) for topic in self.topics)))
         self.loaded |= partitions
         log.info(
             "read %d emitted windows of partitions %s in %.2f s", count, sorted(partitions), time.monotonic() - started
@@ -133,8 +138,9 @@ class AlertIndex:
         partitions = partitions - self.loaded
         if not partitions:
             return
-        for record in await read_to_end(self.kafka, self.topic, partitions):
-            if record.value is not None:
-                alert = msgspec.json.decode(record.value, type=AlertRecord)
-                self.mark(alert.alert_id, alert.status)
+        async for records in stream_to_end(self.kafka, self.topic, partitions):
+            for record in records:
+                if record.value is not None:
+                    alert = msgspec.json.decode(record.value, type=AlertRecord)
+                    self.mark(alert.alert_id, alert.status)
         self.loaded |= partitions

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 
-async def read_to_end(
-    kafka: Mapping[str, Any], topic: str, partitions: set[int] | None = None, timeout_s: float = 60.0
-) -> list[Any]:
-    """Every record (aiokafka ``ConsumerRecord``) below the end offsets seen at the start, by partition and offset.
+async def stream_to_end(
+    kafka: Mapping[str, Any], topic: str, partitions: set[int] | None = None, stall_timeout_s: float = 60.0
+) -> AsyncIterator[list[Any]]:
+    """Every record (aiokafka ``ConsumerRecord``) below the end offsets seen at the start, fetch by fetch, each
+    partition in offset order: memory is what the caller keeps, and time is bounded by progress (an error only
+    when no record arrived for ``stall_timeout_s``), not by the topic's size.
 
     ``kafka``: the aiokafka client options (bootstrap servers and security), ``Settings.kafka_client_options()``.
 
@@ -28,27 +30,39 @@ async def read_to_end(
             known = set(partitions)
         tps = [TopicPartition(topic, p) for p in sorted(known)]
         if not tps:
-            return []
+            return
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
         for tp in tps:
             consumer.seek(tp, starts[tp])
         remaining = {tp for tp in tps if ends[tp] > starts[tp]}
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + stall_timeout_s
         while remaining:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f} s")
+                raise TimeoutError(f"reading {topic} to its end: no record for {stall_timeout_s:.0f} s")
             batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=20_000)
             for tp, records in batch.items():
-                out.extend(r for r in records if r.offset < ends[tp])
+                wanted = [r for r in records if r.offset < ends[tp]]
+                if wanted:
+                    deadline = time.monotonic() + stall_timeout_s
+                    yield wanted
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
-        return sorted(out, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def read_to_end(
+    kafka: Mapping[str, Any], topic: str, partitions: set[int] | None = None, timeout_s: float = 60.0
+) -> list[Any]:
+    """Every record below the end offsets seen at the start, by partition and offset, in one list (for tools and
+    tests; the worker streams with :func:`stream_to_end`)."""
+    out: list[Any] = []
+    async for records in stream_to_end(kafka, topic, partitions, timeout_s):
+        out.extend(records)
+    return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
 async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start: int, end: int) -> list[Any]:

@@ -80,23 +80,27 @@ class TickHealth:
     outage (at the latest its start). Silence is measured from the later of a livestream's last record and that.
 
     A tick round is *in outage* when the previous round is still unacknowledged ``outage_after_ms`` after it was
-    sent, or failed; no new ticks are written until it completes, and ``healthy_since_ms`` then restarts at the
-    moment it did. Outages shorter than ``outage_after_ms`` are not excluded (keep idle timeouts well above it).
+    sent, or failed; no new ticks are written until it completes (or, if it never does, for ``abandon_after_ms``:
+    then another round is sent, so ticks resume as soon as Kafka answers again, whatever became of the lost
+    requests), and ``healthy_since_ms`` then restarts at the moment a round completed. Outages shorter than
+    ``outage_after_ms`` are not excluded (keep idle timeouts well above it).
     """
 
     healthy_since_ms: int
     outage_after_ms: int
     pending_since_ms: int | None = None
     in_outage: bool = False
+    abandon_after_ms: int = 30_000
 
     def may_send(self, now_ms: int, previous_done: bool, previous_failed: bool = False) -> bool:
         """Called at each tick round with the state of the previous round's sends; True if a round may be sent."""
         if previous_failed:
             self.in_outage = True
         if not previous_done:
-            if self.pending_since_ms is not None and now_ms - self.pending_since_ms >= self.outage_after_ms:
+            pending_ms = now_ms - self.pending_since_ms if self.pending_since_ms is not None else 0
+            if pending_ms >= self.outage_after_ms:
                 self.in_outage = True
-            return False
+            return pending_ms >= self.abandon_after_ms
         if self.in_outage:
             self.in_outage = False
             self.healthy_since_ms = now_ms

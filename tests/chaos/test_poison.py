@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from agents.dlq import DEAD_LETTER_BUDGET_BYTES
 from stream.decode import DEAD_LETTER_REASONS
@@ -10,9 +13,30 @@ from tests.chaos.test_failures import assert_exact
 from tests.support import Pipeline, parse_metrics, wait_until
 from tests.unit.test_decode import POISON, REJECTS
 
+DEFAULT_MESSAGE_MAX_BYTES = 1_048_588
+"""Kafka's default ``message.max.bytes`` (the local broker raises it; the dead-letter topic here gets the default)."""
+
+
+def create_dead_letter_topic_with_the_default_limit(pipeline: Pipeline) -> None:
+    settings = pipeline.settings()
+
+    async def run() -> None:
+        admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+        await admin.start()
+        try:
+            limit = {"max.message.bytes": str(DEFAULT_MESSAGE_MAX_BYTES)}
+            await admin.create_topics([NewTopic(settings.dlq_topic, 1, 1, topic_configs=limit)])
+        finally:
+            await admin.close()
+
+    asyncio.run(run())
+
 
 def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
+    """Every pill in the dead-letter topic with its source coordinates (a pill over 4 MiB too, cut to fit a topic
+    with Kafka's default size limit), every good event counted, every offset committed."""
     pipeline.extra_env.update({"LIVESTREAM_IDLE_TIMEOUT_S": "5", "LIVESTREAM_IDLE_TICK_S": "1"})
+    create_dead_letter_topic_with_the_default_limit(pipeline)
     pipeline.start_worker()
     # The events topic carries the keys the pills claim; re-key "c1" pills to a real livestream.
     pills = [(reason, b"ocop-live-03" if key == b"c1" else key, value) for reason, key, value in POISON]
@@ -38,6 +62,7 @@ def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
     wait_until(lambda: len(pipeline.read_topic(pipeline.settings().dlq_topic)) >= len(expected), 60, "dead letters")
     dead = pipeline.read_topic(pipeline.settings().dlq_topic)
     assert sorted(r.headers["error"].decode() for r in dead) == expected
+    assert any("truncated_from" in r.headers for r in dead), "the pill over the size limit was cut"
     events = {(r.partition, r.offset): r for r in pipeline.read_topic(pipeline.settings().events_topic)}
     for record in dead:
         source = events[(int(record.headers["source_partition"]), int(record.headers["source_offset"]))]

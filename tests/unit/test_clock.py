@@ -65,3 +65,19 @@ def test_quiet_time_counts_from_the_later_of_last_record_and_healthy_time() -> N
     assert quiet_ms(100_000, 40_000, -1) == 60_000
     assert quiet_ms(100_000, 40_000, 90_000) == 10_000
     assert quiet_ms(100_000, 95_000, 90_000) == 5_000
+
+
+def test_a_round_never_acknowledged_is_abandoned_after_its_deadline() -> None:
+    """A tick round whose requests are lost (a broker that stood still, a connection black-holed) does not stop
+    ticks until the client's 20-minute request timeout: after ``abandon_after_ms`` another round goes out, and once
+    one is acknowledged silence counts from then."""
+    health = TickHealth(healthy_since_ms=0, outage_after_ms=5_000, abandon_after_ms=30_000)
+    assert health.may_send(1_000, previous_done=True)
+    health.sent(1_000)
+    assert not health.may_send(20_000, previous_done=False)
+    assert health.in_outage
+    assert health.may_send(31_000, previous_done=False), "abandoned: a new round is sent"
+    health.sent(31_000)
+    assert not health.may_send(32_000, previous_done=False)
+    assert health.may_send(33_000, previous_done=True)
+    assert health.healthy_since_ms == 33_000 and not health.in_outage
