@@ -31,6 +31,7 @@ import contextlib
 import logging
 import os
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,22 @@ class Chunk:
 def record_bytes(record: Any) -> int:
     """Key and value bytes of a fetched record (what batches and the queue are bounded by)."""
     return len(record.key or b"") + len(record.value or b"")
+
+
+def slices(records: list[Any], max_records: int, max_bytes: int) -> Iterator[list[Any]]:
+    """``records`` cut, in order, into runs of at most ``max_records`` records and ``max_bytes`` bytes (a record
+    over the byte bound is a run of its own)."""
+    run: list[Any] = []
+    size = 0
+    for record in records:
+        extra = record_bytes(record)
+        if run and (len(run) >= max_records or size + extra > max_bytes):
+            yield run
+            run, size = [], 0
+        run.append(record)
+        size += extra
+    if run or not records:
+        yield run
 
 
 class ChunkQueue:

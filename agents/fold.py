@@ -38,7 +38,7 @@ import msgspec
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from agents.bulk_consumer import Chunk, ChunkProcessor, install, start_supervised
+from agents.bulk_consumer import Chunk, ChunkProcessor, install, slices, start_supervised
 from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.forwarding import ForwardLog
@@ -210,15 +210,17 @@ class Fold(ChunkProcessor):
         partitions = {chunk.partition for chunk in chunks}
         await self._load_indexes(partitions)
         records = await self._in_order(chunks)
-        now_ms = int(time.time() * 1000)
-        output = self.core.fold(records, self.store, now_ms)
-        GUARD.check()  # from here on: side effects (see agents/freeze.py)
-        await self._publish(output, now_ms)
-        GUARD.check()
-        self._save(output, partitions)
-        await self._send_late(output)
-        if self.live.ready:
-            await self._send_progress(partitions, output.ticks)
+        # Records re-read to fill a gap come on top of the chunks: fold them in slices of the batch's bounds too.
+        for piece in slices(records, self.batch_max_records, self.batch_max_bytes):
+            now_ms = int(time.time() * 1000)
+            output = self.core.fold(piece, self.store, now_ms)
+            GUARD.check()  # from here on: side effects (see agents/freeze.py)
+            await self._publish(output, now_ms)
+            GUARD.check()
+            self._save(output, partitions)
+            await self._send_late(output)
+            if self.live.ready:
+                await self._send_progress(partitions, output.ticks)
 
     async def _load_indexes(self, partitions: set[int]) -> None:
         if not partitions <= self.emitted.loaded or not partitions <= self.alert_index.loaded:
@@ -450,6 +452,7 @@ def register(app: faust.App, settings: Settings, live: LiveSnapshot) -> Fold:
         """Lag and progress of owned partitions, apart from processing: if the loop stops, lag stays and the
         partition's last progress ages, so readiness and ``livestream_partition_stalled`` see it."""
         now_s = time.time()
+        fold.forward_log.report_due()
         for partition in list(fold.owned):
             cursor = fold.cursors.get(partition)
             if cursor is None:

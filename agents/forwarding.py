@@ -26,7 +26,8 @@ class _Placed(Protocol):
 
 
 class ForwardLog:
-    """Counts forwarded records; logs the first at once, then one summary per ``interval_s`` while any arrive."""
+    """Counts forwarded records; logs the first at once, then one summary per ``interval_s`` of what arrived since
+    (:meth:`report_due` runs on a timer)."""
 
     def __init__(
         self, topic: str, interval_s: float = REPORT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
@@ -53,6 +54,13 @@ class ForwardLog:
             self.example = f"{self.topic}[{record.partition}]@{record.offset} key {key!r} -> partition {target}"
         now = self.clock()
         if now - self.reported_at >= self.interval_s:
+            self.report(now)
+
+    def report_due(self) -> None:
+        """Report what is unreported once the interval has passed (called by a timer: a burst that ended within an
+        interval is reported too, not only when a later forward arrives)."""
+        now = self.clock()
+        if self.unreported and now - self.reported_at >= self.interval_s:
             self.report(now)
 
     def report(self, now: float) -> None:

@@ -210,7 +210,8 @@ def release(state: CampaignState, partitions: int, size_ms: int, rules: AlertRul
             kept[start] = EmittedWindow(window.counters, window.channels)
             for old in sorted(kept)[:-CORRECTION_HORIZON]:
                 del kept[old]
-            out.windows.append(CampaignWindow(campaign, start, size_ms, window.counters, len(window.channels), after))
+            emitted = msgspec.structs.replace(window.counters)  # a correction changes the kept counters in place
+            out.windows.append(CampaignWindow(campaign, start, size_ms, emitted, len(window.channels), after))
             if rules.gmv_milestone.enabled:
                 out.alerts.extend(_milestones(state, campaign, start, size_ms, before, after, milestones, rules))
         if not pending:
@@ -238,7 +239,13 @@ def _correct(state: CampaignState, copy: ChannelWindowCopy, size_ms: int) -> lis
     state.corrections += 1
     return [
         CampaignWindow(
-            copy.campaign, copy.start_ms, size_ms, window.counters, len(window.channels), after, window.revision
+            copy.campaign,
+            copy.start_ms,
+            size_ms,
+            msgspec.structs.replace(window.counters),  # each revision keeps its own counters
+            len(window.channels),
+            after,
+            window.revision,
         )
     ]
 

@@ -319,3 +319,24 @@ def test_a_copy_older_than_every_kept_campaign_minute_is_counted_as_dropped() ->
     assert (state.ignored_windows, state.dropped_windows) == (1, 0)
     feed(ChannelWindowCopy("b", "c", 5 * minute, Counters(views=1)))  # before the first emitted minute
     assert (state.ignored_windows, state.dropped_windows) == (2, 1)
+
+
+def test_every_revision_of_a_campaign_minute_emitted_in_one_batch_keeps_its_own_counters() -> None:
+    """A minute emitted for livestream a, then a late copy of livestream b for the same minute, in one aggregator
+    batch (its outputs encoded after the batch): revision 0 still says a's counters, revision 1 a's plus b's."""
+    rules = AlertRules()
+    state = campaign.CampaignState()
+    windows: list[campaign.CampaignWindow] = []
+    inputs: list[campaign.CampaignInput] = [
+        campaign.ChannelWindowCopy("a", "fair", BASE, counters(10)),
+        campaign.PartitionProgress(0, BASE),
+        campaign.ChannelWindowCopy("b", "fair", BASE, counters(5)),
+    ]
+    for offset, record in enumerate(inputs):
+        out = campaign.apply_input(state, record, offset, 1, MINUTE, rules)
+        assert out is not False
+        windows += out.windows
+    assert [(w.revision, w.counters.gmv_vnd, w.counters.views, w.livestreams, w.gmv_to_date_vnd) for w in windows] == [
+        (0, 10, 1, 1, 10),
+        (1, 15, 2, 2, 15),
+    ]

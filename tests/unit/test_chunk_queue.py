@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.bulk_consumer import Chunk, ChunkQueue
+from agents.bulk_consumer import Chunk, ChunkQueue, slices
 
 
 @dataclass
@@ -84,3 +84,18 @@ def test_batches_keep_every_record_once_in_order_within_their_bounds(
         assert queue.buffered == 0 and queue.buffered_bytes == 0
 
     asyncio.run(scenario())
+
+
+@given(
+    sizes=st.lists(st.integers(0, 300), max_size=60), max_records=st.integers(1, 30), max_bytes=st.integers(1, 2000)
+)
+def test_slices_keep_every_record_once_in_order_within_their_bounds(
+    sizes: list[int], max_records: int, max_bytes: int
+) -> None:
+    records = [Rec(i, b"x" * size) for i, size in enumerate(sizes)]
+    runs = list(slices(records, max_records, max_bytes))
+    assert [r.offset for run in runs for r in run] == list(range(len(sizes)))
+    for run in runs:
+        assert len(run) <= max_records
+        assert len(run) == 1 or sum(len(r.value) + len(r.key) for r in run) <= max_bytes
+    assert runs == [[]] if not records else all(runs)

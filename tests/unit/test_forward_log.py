@@ -37,3 +37,19 @@ def test_no_forward_no_line(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="agents.forwarding"):
         ForwardLog("t").note([])
     assert caplog.records == []
+
+
+def test_a_burst_that_ends_within_the_interval_is_reported_by_the_timer(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    forwards = ForwardLog("ns.events", interval_s=60.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="agents.forwarding"):
+        forwards.note(_forwards(1))
+        now[0] += 5.0
+        forwards.note(_forwards(500, start=1))  # the burst ends here: no later forward
+        forwards.report_due()
+        assert len(caplog.records) == 1
+        now[0] += 56.0
+        forwards.report_due()
+        forwards.report_due()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[1].startswith("forwarded 500 records") and "(501 since start" in lines[1]
