@@ -125,6 +125,36 @@ async def commit_initial_offsets(settings: Settings) -> dict[int, int]:
         await consumer.stop()
 
 
+async def events_partitions(settings: Settings) -> int | None:
+    """The partition count of the events topic as Kafka has it (None if the topic does not exist yet)."""
+    consumer = AIOKafkaConsumer(**settings.kafka_client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        found = consumer.partitions_for_topic(settings.events_topic)
+        return len(found) if found else None
+    finally:
+        await consumer.stop()
+
+
+async def settings_for_topic(settings: Settings) -> Settings:
+    """``settings`` with the partition count of an existing events topic: a livestream's home partition (murmur2
+    of its key modulo the count), its tables and its outputs follow the topic, whatever ``LIVESTREAM_PARTITIONS``
+    says (it only sizes a namespace's topics when they are created)."""
+    await check_kafka(settings)
+    count = await events_partitions(settings)
+    if count is None or count == settings.partitions:
+        return settings
+    log.warning(
+        "%s has %d partitions, LIVESTREAM_PARTITIONS is %d: using the topic's %d",
+        settings.events_topic,
+        count,
+        settings.partitions,
+        count,
+    )
+    return settings.model_copy(update={"partitions": count})
+
+
 async def prepare_kafka(settings: Settings, extra_topics: Sequence[NewTopic] = ()) -> None:
     await check_kafka(settings)
     await ensure_topics(settings, extra_topics)

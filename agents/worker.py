@@ -9,7 +9,7 @@ import faust
 
 from agents import api, board, campaign, fold, freeze, metrics, redis_mirror
 from agents.app import create_app
-from agents.startup import changelog_topics, prepare_kafka
+from agents.startup import changelog_topics, prepare_kafka, settings_for_topic
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
 
@@ -28,6 +28,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
 
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM (faust stops gracefully, flushing and committing)."""
+    settings = asyncio.run(settings_for_topic(settings))
     app, _ = build_worker(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     freeze.install(settings.data_dir, app.conf.broker_session_timeout, app.conf.broker_heartbeat_interval)

@@ -147,3 +147,33 @@ def test_dead_letters_can_be_inspected_and_replayed(pipeline: Pipeline) -> None:
     assert asyncio.run(replay_dead_letters(settings.kafka_client_options(), letters, settings.events_topic)) == 2
     wait_until(lambda: len(pipeline.read_topic(settings.dlq_topic)) == 4, 60, "the replayed records rejected again")
     assert pipeline.get_json("/api/totals")["views"] == 0
+
+
+def test_the_partition_count_comes_from_the_events_topic(pipeline: Pipeline) -> None:
+    """An events topic with fewer partitions than LIVESTREAM_PARTITIONS: the worker follows the topic (homes,
+    tables, outputs) instead of sending to partitions that do not exist, and the counts are exact."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    pipeline.cleanup_topics()  # the fixture's topics: start from none
+    pipeline.namespace += "p3"
+    settings = pipeline.settings()
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(settings.events_topic, 3, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    assert pipeline.partitions == 4
+    pipeline.start_worker()
+    result = pipeline.replay(scale=0.005, seed=12, batch=1)
+    pipeline.wait_redis_summary(CAMPAIGN, result.oracle.summary())
+    wait_until(lambda: pipeline.lag() == 0, 60, "the worker to commit every record")
+    log = pipeline.worker_log(0)
+    assert "has 3 partitions, LIVESTREAM_PARTITIONS is 4: using the topic's 3" in log
+    assert "misrouted" not in log and "forwarded" not in log, "murmur2 placement on 3 partitions is home"
