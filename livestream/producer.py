@@ -9,11 +9,13 @@ The producer is idempotent (``enable_idempotence``), so its own retries never du
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
+from queue import Full
 from typing import Any, Protocol
 
 import msgspec
@@ -115,14 +117,22 @@ async def produce_generated_fair(
     async def minutes() -> AsyncIterator[EncodedMinute]:
         while True:
             item = await loop.run_in_executor(None, queue.get)
+            if item is None:  # stopped (see below)
+                return
             if isinstance(item, Oracle):
                 oracle.append(item)
                 return
             yield item
 
+    finished = False
     try:
         records, events, seconds = await _produce(minutes(), kafka, topic, speed=speed, on_minute=on_minute)
+        finished = True
     finally:
+        if not finished:  # stopped or failed: end the generator now, and free a thread still waiting for it
+            child.kill()
+            with contextlib.suppress(Full):
+                queue.put_nowait(None)
         child.join(30)
         if child.is_alive():
             child.kill()

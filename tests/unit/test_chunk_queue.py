@@ -86,9 +86,7 @@ def test_batches_keep_every_record_once_in_order_within_their_bounds(
     asyncio.run(scenario())
 
 
-@given(
-    sizes=st.lists(st.integers(0, 300), max_size=60), max_records=st.integers(1, 30), max_bytes=st.integers(1, 2000)
-)
+@given(sizes=st.lists(st.integers(0, 300), max_size=60), max_records=st.integers(1, 30), max_bytes=st.integers(1, 2000))
 def test_slices_keep_every_record_once_in_order_within_their_bounds(
     sizes: list[int], max_records: int, max_bytes: int
 ) -> None:
