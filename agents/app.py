@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=20_000,
         stream_wait_empty=False,
         producer_linger_ms=5,
-        producer_max_batch_size=1_048_576,
+        producer_max_batch_size=settings.producer_batch_bytes,
         producer_max_request_size=8_388_608,  # dead letters carry the original record, up to MAX_RECORD_BYTES + slack
         producer_compression_type="lz4",
         consumer_max_fetch_size=8 * 1024 * 1024,

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         ge=0,
         description="a record moves its partition's event-time clock at most this far past its Kafka timestamp",
     )
+    producer_batch_bytes: int = Field(
+        1_048_576, ge=1024, description="largest batch the worker's producer builds per partition (bytes)"
+    )
     consumer_fetch_wait_ms: int = Field(
         100, ge=1, description="longest a Kafka fetch waits for new records (faust hard-codes 1500 ms)"
     )

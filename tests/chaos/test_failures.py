@@ -190,6 +190,7 @@ def test_kill_9_right_after_a_commit_with_the_producer_throttled(pipeline: Pipel
     kill -9 right after the group's committed offsets moved loses nothing: offsets are committed only after every
     record they produced was acknowledged. Restored exactly, every final window once."""
     client_id = pipeline.settings().app_id
+    pipeline.extra_env["LIVESTREAM_PRODUCER_BATCH_BYTES"] = "16384"  # small batches: the quota backs records up
 
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
         set_produce_quota(client_id, 20_000)
