@@ -17,6 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
@@ -81,13 +82,39 @@ def changelog_topics(app: Any) -> list[NewTopic]:
     return topics
 
 
+APPEND_TIME: dict[str, str] = {"message.timestamp.type": "LogAppendTime"}
+"""The events topic's records carry the broker's append time: one clock for every record and every idle tick,
+whatever the producers' clocks say or claim (idleness, silence and campaign progress are judged by it)."""
+_DYNAMIC_TOPIC_CONFIG = 1
+"""``config_source`` of a topic's own (non-default) setting in a DescribeConfigs v1+ answer."""
+
+
+async def use_append_time(admin: AIOKafkaAdminClient, topic: str) -> bool:
+    """Switch an existing ``topic`` to broker append time, keeping its other settings (AlterConfigs replaces a
+    topic's whole set); returns whether it changed."""
+    [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    error, message, _, _, entries = described.resources[0][:5]
+    if error:
+        raise RuntimeError(f"describing {topic}: error {error} {message}")
+    own = {e[0]: e[1] for e in entries if e[3] == _DYNAMIC_TOPIC_CONFIG and e[1] is not None}
+    if own.get("message.timestamp.type") == APPEND_TIME["message.timestamp.type"]:
+        return False
+    answers = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {**own, **APPEND_TIME})])
+    for answer in answers:
+        for error, message, *_ in answer.resources:
+            if error:
+                raise RuntimeError(f"altering {topic}: error {error} {message}")
+    return True
+
+
 async def ensure_topics(settings: Settings, extra: Sequence[NewTopic] = ()) -> None:
-    """Create the pipeline's topics (and ``extra`` ones) that do not exist yet."""
+    """Create the pipeline's topics (and ``extra`` ones) that do not exist yet; an existing events topic is switched
+    to broker append time (:data:`APPEND_TIME`; if that is not allowed, a warning says so)."""
     admin = AIOKafkaAdminClient(**settings.kafka_client_options())
     await admin.start()
     try:
         wanted = [
-            NewTopic(settings.events_topic, settings.partitions, 1),
+            NewTopic(settings.events_topic, settings.partitions, 1, topic_configs=dict(APPEND_TIME)),
             NewTopic(settings.stats_1m_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(settings.stats_hop_topic, settings.partitions, 1, topic_configs={"cleanup.policy": "compact"}),
             NewTopic(settings.campaign_stats_topic, 1, 1, topic_configs={"cleanup.policy": "compact"}),
@@ -102,6 +129,17 @@ async def ensure_topics(settings: Settings, extra: Sequence[NewTopic] = ()) -> N
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # a concurrent worker created it
                 await admin.create_topics(missing)
+        if settings.events_topic in existing:
+            try:
+                if await use_append_time(admin, settings.events_topic):
+                    log.info("%s now stamps records with the broker's append time", settings.events_topic)
+            except Exception as exc:
+                log.warning(
+                    "%s keeps the producers' timestamps (%r): idleness and silence are then measured by the "
+                    "producers' clocks",
+                    settings.events_topic,
+                    exc,
+                )
     finally:
         await admin.close()
 

@@ -84,14 +84,16 @@ async def produce_replay(
     batch: int = 1,
     speed: float = 0.0,
     on_minute: Callable[[int, int], None] | None = None,
+    clock_skew_ms: int = 0,
 ) -> ReplayResult:
-    """Send the whole replay (generated in this process); returns its oracle and what was sent."""
+    """Send the whole replay (generated in this process); returns its oracle and what was sent. ``clock_skew_ms``
+    stamps each record with the sending time plus that much, as a producer whose clock is off would."""
 
     async def minutes() -> AsyncIterator[EncodedMinute]:
         for item in encode_minutes(replay, batch):
             yield item
 
-    result = await _produce(minutes(), kafka, topic, speed=speed, on_minute=on_minute)
+    result = await _produce(minutes(), kafka, topic, speed=speed, on_minute=on_minute, clock_skew_ms=clock_skew_ms)
     return ReplayResult(oracle=replay.oracle, records=result[0], events=result[1], seconds=result[2])
 
 
@@ -148,6 +150,7 @@ async def _produce(
     *,
     speed: float,
     on_minute: Callable[[int, int], None] | None,
+    clock_skew_ms: int = 0,
 ) -> tuple[int, int, float]:
     """Send every record, minute by minute (``speed`` N: N times real time; 0: as fast as possible)."""
     producer = AIOKafkaProducer(
@@ -173,8 +176,9 @@ async def _produce(
                 delay = due - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            stamp = int(time.time() * 1000) + clock_skew_ms if clock_skew_ms else None
             for key, value in minute_records:
-                pending.append(await producer.send(topic, value, key=key))
+                pending.append(await producer.send(topic, value, key=key, timestamp_ms=stamp))
             records += len(minute_records)
             events += minute_events
             if len(pending) > 20_000:

@@ -372,6 +372,7 @@ class _Batch:
         config = fold.config
         self.fold, self.store, self.config, self.spec, self.rules = fold, store, config, config.spec, config.rules
         self.bounds = TimeBounds(now_ms - config.max_past_ms, now_ms + config.max_future_ms)
+        self.now_ms = now_ms
         self.effects = FoldEffects(gap_ms=stream_down_gap_ms(config.rules))
         self.touched: dict[str, ChannelState] = {}
         self.out = BatchOutput()
@@ -396,10 +397,14 @@ class _Batch:
     def record(self, record: SourceRecord) -> None:
         out, partition, key = self.out, record.partition, record.key
         if is_tick(record.headers):
-            healthy_since = tick_healthy_since(record.value)
-            out.ticks[partition] = (record.timestamp, healthy_since)
+            # A tick never claims a later time than the batch runs at: a tick record with a timestamp in the
+            # future (a producer's clock, or a crafted record on a topic that keeps producer timestamps) closes
+            # nothing a tick of the worker's own could not close now.
+            tick_ms = min(record.timestamp, self.now_ms)
+            healthy_since = min(tick_healthy_since(record.value), tick_ms)
+            out.ticks[partition] = (tick_ms, healthy_since)
             out.counters.ticks += 1
-            self.scan(partition, record.timestamp, healthy_since)
+            self.scan(partition, tick_ms, healthy_since)
             return
         if key is not None:
             home = self.fold.home_partition(key)

@@ -297,3 +297,19 @@ def test_a_misrouted_record_over_the_size_limit_is_dead_lettered_at_its_source()
         (wrong, 7, "oversized")
     ]
     assert out.counters.records == 1 and out.counters.misrouted_records == 1
+
+
+def test_a_tick_from_the_future_closes_nothing_a_tick_of_now_would_not() -> None:
+    """A tick record stamped an hour ahead (a crafted record, or a producer clock ahead on a topic that keeps
+    producer timestamps) counts as a tick of the time the batch runs at: a livestream heard from a second ago keeps
+    its windows open; an idle-long-enough one still closes, as with the worker's own tick."""
+    fold, store = new_fold(), MemoryStore()
+    first = _record(0, [_view(0, BASE + 1_000)])
+    store.save(fold.fold([first], store, now_ms=BASE + 1_000))
+    now = BASE + 2_000
+    out = fold.fold([tick(first.partition, 1, now + 3_600_000, healthy_since_ms=-1)], store, now_ms=now)
+    assert out.finals == [], "the livestream was heard from a second ago"
+    assert out.ticks[first.partition] == (now, -1)
+    later = BASE + 1_000 + SPEC.idle_timeout_ms + 1_000
+    out = fold.fold([tick(first.partition, 2, later + 3_600_000, healthy_since_ms=-1)], store, now_ms=later)
+    assert out.finals, "quiet for longer than the idle timeout at the time the batch runs"
