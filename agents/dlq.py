@@ -2,8 +2,9 @@
 
 The dead letter carries the original key, value and headers, plus headers for the reason (``error``), the message
 and the source coordinates (``source_topic``, ``source_partition``, ``source_offset``; ``source_event_index`` for
-one rejected event of an envelope, whose own JSON is then the value), so a record can be inspected and, once fixed,
-re-injected with ``livestream dlq replay``.
+one rejected event of an envelope, whose own JSON is then the value; for a copy forwarded to its key's partition,
+the original record, with ``copy_partition`` and ``copy_offset`` naming the copy), so a record can be inspected
+and, once fixed, re-injected with ``livestream dlq replay``.
 
 A dead letter always fits a broker with Kafka's default ``message.max.bytes`` (1,048,588), whatever the record it
 stands for (which may have passed the broker compressed, or a broker with a higher limit): key, value and headers
@@ -18,13 +19,27 @@ from typing import Any
 
 from stream.decode import DeadLetter
 
+FORWARDED_HEADER = "livestream-forwarded-from"
+"""On a copy forwarded to its key's partition: ``<partition>@<offset>`` of the original record in the same topic."""
+
 DEAD_LETTER_BUDGET_BYTES = 1_000_000
 """Key + value + header bytes of one dead letter: under a default broker's 1,048,588 with room for the batch."""
 MAX_KEPT_HEADER_BYTES = 64 * 1024
 MAX_KEY_BYTES = 64 * 1024
 ERROR_HEADERS = frozenset(
-    {"error", "error_message", "source_topic", "source_partition", "source_offset", "source_event_index"}
+    {
+        "error",
+        "error_message",
+        "source_topic",
+        "source_partition",
+        "source_offset",
+        "source_event_index",
+        "copy_partition",
+        "copy_offset",
+        FORWARDED_HEADER,
+    }
 )
+"""Headers the worker adds; a source record's own headers of these names are not carried into its dead letter."""
 
 
 def dead_letter_headers(
@@ -49,7 +64,12 @@ def dead_letter(
     within :data:`DEAD_LETTER_BUDGET_BYTES` (see the module)."""
     value: bytes | None = raw if index is not None else record.value
     key: bytes | None = record.key
-    headers = dead_letter_headers(topic, record.partition, record.offset, letter, index)
+    original = forwarded_from(record.headers)
+    if original is None:
+        headers = dead_letter_headers(topic, record.partition, record.offset, letter, index)
+    else:  # a forwarded copy: name the record the producer wrote, and the copy
+        headers = dead_letter_headers(topic, original[0], original[1], letter, index)
+        headers += [("copy_partition", str(record.partition).encode()), ("copy_offset", str(record.offset).encode())]
     kept: list[tuple[str, bytes]] = []
     kept_bytes = 0
     dropped = 0
@@ -74,6 +94,19 @@ def dead_letter(
             headers.append(("truncated_from", str(len(value)).encode()))
             value = value[: max(0, room)]
     return key, value, headers
+
+
+def forwarded_from(headers: Any) -> tuple[int, int] | None:
+    """(partition, offset) of the original of a forwarded copy, from its :data:`FORWARDED_HEADER` (None if absent
+    or unreadable)."""
+    for name, value in headers or ():
+        if name == FORWARDED_HEADER:
+            partition, _, offset = (value or b"").partition(b"@")
+            try:
+                return int(partition), int(offset)
+            except ValueError:
+                return None
+    return None
 
 
 async def send_dead_letter(

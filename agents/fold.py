@@ -39,7 +39,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from agents.bulk_consumer import Chunk, ChunkProcessor, install, slices, start_supervised
-from agents.dlq import send_dead_letter
+from agents.dlq import FORWARDED_HEADER, send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.forwarding import ForwardLog
 from agents.freeze import GUARD
@@ -56,7 +56,6 @@ from stream.state import ChannelState, IdRow, OrderRow, decode_state, encode_sta
 
 log = logging.getLogger(__name__)
 
-FORWARDED_HEADER = "livestream-forwarded-from"
 CURSOR_KEY = b"\x00cursor"
 """Key of a partition's cursor row in the event-ids table (id rows are ``bucket|part|channel``)."""
 _stats_encoder = msgspec.json.Encoder()

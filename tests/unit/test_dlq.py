@@ -49,3 +49,12 @@ def test_an_event_of_an_envelope_carries_its_index() -> None:
     record = Record(b"ch-1", b"[...]", [])
     _, value, headers = dead_letter(record, "ns.events", DeadLetter("invalid", "x"), index=4, raw=b'{"type":1}')
     assert value == b'{"type":1}' and dict(headers)["source_event_index"] == b"4"
+
+
+def test_a_forwarded_copy_names_the_record_the_producer_wrote() -> None:
+    copy = Record(b"ch-1", b"{bad", [("trace", b"t"), ("livestream-forwarded-from", b"2@1234")], partition=0, offset=9)
+    _, value, headers = dead_letter(copy, "ns.events", DeadLetter("bad_json", "bad"))
+    named = dict(headers)
+    assert (named["source_partition"], named["source_offset"]) == (b"2", b"1234")
+    assert (named["copy_partition"], named["copy_offset"]) == (b"0", b"9")
+    assert "livestream-forwarded-from" not in named and named["trace"] == b"t" and value == b"{bad"
