@@ -100,7 +100,12 @@ class TickHealth:
             pending_ms = now_ms - self.pending_since_ms if self.pending_since_ms is not None else 0
             if pending_ms >= self.outage_after_ms:
                 self.in_outage = True
-            return pending_ms >= self.abandon_after_ms
+            if pending_ms < self.abandon_after_ms:
+                return False
+            # Still in the outage: the round sent now counts silence from now at the earliest (it may reach the
+            # partitions only once Kafka answers again, before the producers' records held back meanwhile).
+            self.healthy_since_ms = max(self.healthy_since_ms, now_ms)
+            return True
         if self.in_outage:
             self.in_outage = False
             self.healthy_since_ms = now_ms

@@ -70,11 +70,15 @@ KEY_CACHE_SIZE = 200_000
 """Record keys whose home partition is kept (cleared when exceeded)."""
 
 
-class _Tick(msgspec.Struct):
+class TickValue(msgspec.Struct):
+    """What an idle-tick record carries: when the worker wrote it, and since when its Kafka connection was healthy
+    (-1 when absent or unreadable)."""
+
+    wall_ms: int = -1
     healthy_since_ms: int = -1
 
 
-_tick_decoder = msgspec.json.Decoder(_Tick)
+_tick_decoder = msgspec.json.Decoder(TickValue)
 
 
 def encode_tick(wall_ms: int, healthy_since_ms: int) -> bytes:
@@ -82,12 +86,12 @@ def encode_tick(wall_ms: int, healthy_since_ms: int) -> bytes:
     return msgspec.json.encode({"type": "tick", "wall_ms": wall_ms, "healthy_since_ms": healthy_since_ms})
 
 
-def tick_healthy_since(value: bytes | None) -> int:
-    """The ``healthy_since_ms`` a tick record carries (-1 when absent or unreadable: no floor)."""
+def decode_tick(value: bytes | None) -> TickValue:
+    """The :class:`TickValue` of a tick record (defaults when unreadable: no time of its own, no floor)."""
     try:
-        return _tick_decoder.decode(value or b"{}").healthy_since_ms
+        return _tick_decoder.decode(value or b"{}")
     except (msgspec.DecodeError, UnicodeDecodeError):
-        return -1
+        return TickValue()
 
 
 def is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
@@ -397,11 +401,16 @@ class _Batch:
     def record(self, record: SourceRecord) -> None:
         out, partition, key = self.out, record.partition, record.key
         if is_tick(record.headers):
-            # A tick never claims a later time than the batch runs at: a tick record with a timestamp in the
-            # future (a producer's clock, or a crafted record on a topic that keeps producer timestamps) closes
-            # nothing a tick of the worker's own could not close now.
+            # A tick's time is the earliest of when it was written (its value), when Kafka appended it and when the
+            # batch runs: a tick that waited in transit (a broker that stood still) is not newer than the records
+            # produced meanwhile, and a tick record claiming a later time (a crafted one, a clock ahead) closes
+            # nothing that a tick of the worker's own could not close now. Early is safe: silence is then
+            # underestimated, never overestimated.
+            tick = decode_tick(record.value)
             tick_ms = min(record.timestamp, self.now_ms)
-            healthy_since = min(tick_healthy_since(record.value), tick_ms)
+            if tick.wall_ms >= 0:
+                tick_ms = min(tick_ms, tick.wall_ms)
+            healthy_since = min(tick.healthy_since_ms, tick_ms)
             out.ticks[partition] = (tick_ms, healthy_since)
             out.counters.ticks += 1
             self.scan(partition, tick_ms, healthy_since)

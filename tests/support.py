@@ -56,6 +56,7 @@ class KafkaRecord:
     key: bytes | None
     value: bytes | None
     headers: dict[str, bytes]
+    timestamp: int = 0
 
 
 @dataclass
@@ -170,7 +171,9 @@ class Pipeline:
         """Every record of ``topic`` from the beginning to its current end."""
         records = asyncio.run(read_to_end(self.settings().kafka_client_options(), topic, timeout_s=timeout))
         return [
-            KafkaRecord(r.topic, r.partition, r.offset, r.key, r.value, {k: bytes(v) for k, v in r.headers})
+            KafkaRecord(
+                r.topic, r.partition, r.offset, r.key, r.value, {k: bytes(v) for k, v in r.headers}, r.timestamp
+            )
             for r in records
         ]
 

@@ -25,6 +25,7 @@ from livestream.producer import ReplayResult
 from livestream.services import LOCAL
 from schemas.alerts import AlertRecord
 from schemas.stats import WindowStats
+from stream.fold import TICK_HEADER
 from stream.replay.generator import FairReplay
 from stream.replay.incidents import ScriptedReplay
 from stream.replay.oracle import COUNTER_FIELDS, Oracle
@@ -244,6 +245,34 @@ def test_kafka_broker_down_longer_than_the_idle_timeout(pipeline: Pipeline, batc
         subprocess.run([str(LOCAL / "kafka.sh"), "start"], check=True, timeout=120)
 
     run_scenario(pipeline, inject, batch=batch)
+
+
+@pytest.mark.slow
+def test_kafka_broker_paused_for_30_seconds(pipeline: Pipeline) -> None:
+    """The broker stands still (SIGSTOP) for 30 s, longer than the idle timeout and the group session: the idle
+    ticks resume within seconds of SIGCONT (a round that is never acknowledged does not stop them), and nothing
+    closes early or counts twice."""
+    pid = int((Path(os.environ.get("LIVESTREAM_CACHE_DIR") or LOCAL.parents[1] / ".cache") / "kafka" / "run-9092" /
+               "kafka.pid").read_text())  # fmt: skip
+    resumed: list[float] = []
+
+    def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
+        replay.at(0.4)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(30)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            resumed.append(time.time())
+
+    run_scenario(pipeline, inject)
+    ticks = [
+        r.timestamp / 1000
+        for r in pipeline.read_topic(pipeline.settings().events_topic)
+        if TICK_HEADER in r.headers and r.timestamp / 1000 >= resumed[0]
+    ]
+    assert ticks, "no idle tick after the broker came back"
+    assert min(ticks) - resumed[0] < 10, f"the first tick came {min(ticks) - resumed[0]:.1f} s after SIGCONT"
 
 
 @pytest.mark.slow

@@ -77,6 +77,7 @@ def test_a_round_never_acknowledged_is_abandoned_after_its_deadline() -> None:
     assert not health.may_send(20_000, previous_done=False)
     assert health.in_outage
     assert health.may_send(31_000, previous_done=False), "abandoned: a new round is sent"
+    assert health.healthy_since_ms == 31_000, "sent in an outage: silence counts from now at the earliest"
     health.sent(31_000)
     assert not health.may_send(32_000, previous_done=False)
     assert health.may_send(33_000, previous_done=True)
