@@ -178,7 +178,7 @@ class ChunkProcessor:
         commit_interval_s: float,
         *,
         max_buffered_bytes: int = 64 * 1024 * 1024,
-        batch_max_bytes: int = 4 * 1024 * 1024,
+        batch_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.app = app
         self.queue = ChunkQueue(topic, max_buffered, max_buffered_bytes)

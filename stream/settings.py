@@ -40,9 +40,9 @@ class Settings(BaseSettings):
     )
 
     # Processing.
-    batch_max_records: int = Field(2000, ge=1, description="Kafka records taken per processing batch")
+    batch_max_records: int = Field(20_000, ge=1, description="Kafka records taken per processing batch")
     batch_max_bytes: int = Field(
-        4 * 1024 * 1024,
+        16 * 1024 * 1024,
         ge=1,
         description="key and value bytes taken per processing batch (at least one record): bounds the events of a "
         "batch, so the event loop is never held for long",
