@@ -247,13 +247,25 @@ def test_kafka_broker_down_longer_than_the_idle_timeout(pipeline: Pipeline, batc
     run_scenario(pipeline, inject, batch=batch)
 
 
+def local_broker_pid() -> int:
+    """The pid of the local Kafka broker (the JVM running ``kafka.Kafka``), whichever checkout started it."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"kafka.Kafka" in command:
+                return int(entry.name)
+    raise AssertionError("no local Kafka broker process found")
+
+
 @pytest.mark.slow
 def test_kafka_broker_paused_for_30_seconds(pipeline: Pipeline) -> None:
     """The broker stands still (SIGSTOP) for 30 s, longer than the idle timeout and the group session: the idle
     ticks resume within seconds of SIGCONT (a round that is never acknowledged does not stop them), and nothing
     closes early or counts twice."""
-    pid = int((Path(os.environ.get("LIVESTREAM_CACHE_DIR") or LOCAL.parents[1] / ".cache") / "kafka" / "run-9092" /
-               "kafka.pid").read_text())  # fmt: skip
+    pid = local_broker_pid()
     resumed: list[float] = []
 
     def inject(pipe: Pipeline, replay: BackgroundReplay) -> None:
