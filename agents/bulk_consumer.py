@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,20 +62,41 @@ def record_bytes(record: Any) -> int:
     return len(record.key or b"") + len(record.value or b"")
 
 
-def slices(records: list[Any], max_records: int, max_bytes: int) -> Iterator[list[Any]]:
-    """``records`` cut, in order, into runs of at most ``max_records`` records and ``max_bytes`` bytes (a record
+class RunBuilder:
+    """Records gathered, in order, into runs of at most ``max_records`` records and ``max_bytes`` bytes (a record
     over the byte bound is a run of its own)."""
-    run: list[Any] = []
-    size = 0
-    for record in records:
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.run: list[Any] = []
+        self.size = 0
+
+    def add(self, record: Any) -> list[Any] | None:
+        """Append ``record``; returns the run it closed (the one before it) when it did not fit there."""
         extra = record_bytes(record)
-        if run and (len(run) >= max_records or size + extra > max_bytes):
+        closed = None
+        if self.run and (len(self.run) >= self.max_records or self.size + extra > self.max_bytes):
+            closed, self.run, self.size = self.run, [], 0
+        self.run.append(record)
+        self.size += extra
+        return closed
+
+    def rest(self) -> list[Any]:
+        """The run in progress (possibly empty); the builder starts over."""
+        rest, self.run, self.size = self.run, [], 0
+        return rest
+
+
+def slices(records: list[Any], max_records: int, max_bytes: int) -> Iterator[list[Any]]:
+    """``records`` cut, in order, into the runs of a :class:`RunBuilder` (one empty run if there are none)."""
+    builder = RunBuilder(max_records, max_bytes)
+    for record in records:
+        if (run := builder.add(record)) is not None:
             yield run
-            run, size = [], 0
-        run.append(record)
-        size += extra
-    if run or not records:
-        yield run
+    rest = builder.rest()
+    if rest or not records:
+        yield rest
 
 
 class ChunkQueue:
@@ -330,6 +351,24 @@ class BulkConsumer(AIOKafkaFaustConsumer):
         for topic, sink in self.bulk_sinks.items():
             sink.on_assigned({tp.partition for tp in assigned if tp.topic == topic}, generation_id)
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Seek every assigned partition to its committed offset, 0 included.
+
+        aiokafka's ``seek_to_committed`` seeks only to a committed offset above 0, so a partition whose committed
+        offset is its beginning kept the fetch position of the records fetched (and discarded) during table
+        recovery: they were skipped, and only the gap re-read of the fold brought them back."""
+        consumer = self._thread._ensure_consumer()
+
+        async def seek_all() -> Mapping[TP, int]:
+            committed: Mapping[TP, int] = await consumer.seek_to_committed()
+            for tp, offset in committed.items():
+                if offset == 0:
+                    consumer.seek(tp, 0)
+            return committed
+
+        result: Mapping[TP, int] = await self._thread.call_thread(seek_all)
+        return result
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised by integration tests
         sinks = self.bulk_sinks

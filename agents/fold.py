@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
@@ -38,14 +38,14 @@ import msgspec
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from agents.bulk_consumer import Chunk, ChunkProcessor, install, slices, start_supervised
+from agents.bulk_consumer import Chunk, ChunkProcessor, RunBuilder, install, start_supervised
 from agents.dlq import FORWARDED_HEADER, send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.forwarding import ForwardLog
 from agents.freeze import GUARD
 from agents.startup import shorten_fetch_wait
 from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
-from agents.topic_reader import read_range
+from agents.topic_reader import stream_range
 from stream import campaign
 from stream.alerts import AlertChange, alert_record, load_rules
 from stream.clock import TickHealth
@@ -205,21 +205,31 @@ class Fold(ChunkProcessor):
 
     async def process_chunks(self, chunks: list[Chunk]) -> None:
         """One batch, in this order: read (cursor, gaps), fold (pure), publish and wait for Kafka, save (tables and
-        live snapshot together), then late copies and campaign progress. The processor commits offsets later."""
+        live snapshot together), then late copies and campaign progress. The processor commits offsets later.
+
+        The batch goes through these steps in runs of at most the batch's bounds: records re-read to fill a gap
+        come on top of the chunks and are streamed from Kafka run by run, so a gap of any length is never held
+        in memory whole."""
         partitions = {chunk.partition for chunk in chunks}
         await self._load_indexes(partitions)
-        records = await self._in_order(chunks)
-        # Records re-read to fill a gap come on top of the chunks: fold them in slices of the batch's bounds too.
-        for piece in slices(records, self.batch_max_records, self.batch_max_bytes):
+        async for piece in self._in_order(chunks):
             now_ms = int(time.time() * 1000)
             output = self.core.fold(piece, self.store, now_ms)
             GUARD.check()  # from here on: side effects (see agents/freeze.py)
             await self._publish(output, now_ms)
             GUARD.check()
-            self._save(output, partitions)
+            self._save(output, partitions, piece)
             await self._send_late(output)
             if self.live.ready:
                 await self._send_progress(partitions, output.ticks)
+        self._save_cursors(partitions)
+
+    def _save_cursors(self, partitions: set[int]) -> None:
+        """The cursor row of each partition of a finished batch: its last record processed."""
+        for partition in partitions:
+            cursor = self.cursors.get(partition)
+            if cursor is not None:
+                self.cursor_rows.set(CURSOR_KEY, str(cursor).encode(), self.store.context(partition))
 
     async def _load_indexes(self, partitions: set[int]) -> None:
         if not partitions <= self.emitted.loaded or not partitions <= self.alert_index.loaded:
@@ -227,10 +237,12 @@ class Fold(ChunkProcessor):
             owned = set(self.owned) | partitions
             await asyncio.gather(self.emitted.load(owned), self.alert_index.load(owned))
 
-    async def _in_order(self, chunks: list[Chunk]) -> list[SourceRecord]:
-        """The chunks' records not processed before, each partition's in offset order, gaps filled from Kafka."""
+    async def _in_order(self, chunks: list[Chunk]) -> AsyncIterator[list[SourceRecord]]:
+        """The chunks' records not processed before, each partition's in offset order, gaps filled from Kafka, in
+        runs of at most ``batch_max_records`` records and ``batch_max_bytes`` bytes (always at least one run, maybe
+        empty). The caller folds each run before the next one is read."""
         cursors = self.cursors
-        records: list[SourceRecord] = []
+        run = RunBuilder(self.batch_max_records, self.batch_max_bytes)
         for chunk in chunks:
             partition = chunk.partition
             cursor = cursors.get(partition)
@@ -239,13 +251,17 @@ class Fold(ChunkProcessor):
                 if cursor is None or offset != cursor + 1:
                     if cursor is not None and offset <= cursor:
                         continue  # fetched again after a seek back to the committed offset: already processed
-                    records.extend(await self._missing(partition, offset))
+                    async for missed in self._missing(partition, offset):
+                        for gap_record in missed:
+                            if (full := run.add(gap_record)) is not None:
+                                yield full
                     cursor = cursors[partition]
                     if offset <= cursor:
                         continue
                 cursors[partition] = cursor = offset
-                records.append(record)
-        return records
+                if (full := run.add(record)) is not None:
+                    yield full
+        yield run.rest()
 
     async def _publish(self, output: BatchOutput, now_ms: int) -> None:
         """Dead letters and forwards, then final windows, alert transitions and campaign copies sent together; wait
@@ -267,16 +283,20 @@ class Fold(ChunkProcessor):
         if pending:
             await asyncio.gather(*pending)
 
-    def _save(self, output: BatchOutput, partitions: set[int]) -> None:
+    def _save(self, output: BatchOutput, partitions: set[int], piece: list[SourceRecord]) -> None:
         """Cursor rows, dedup and order rows, states and the live snapshot, with no await in between (the Redis
-        mirror must never see a livestream's new state without its viewer ids)."""
+        mirror must never see a livestream's new state without its viewer ids). A partition's cursor row gets the
+        last offset folded so far: that of ``piece`` while more runs of the batch follow, the in-memory cursor at
+        the end (:meth:`_save_cursors`)."""
         live, settings = self.live, self.settings
         now_s = time.time()
+        folded = {record.partition: record.offset for record in piece}
         for partition in partitions:
             cursor = self.cursors.get(partition)
             if cursor is None:
                 continue
-            self.cursor_rows.set(CURSOR_KEY, str(cursor).encode(), self.store.context(partition))
+            if partition in folded:
+                self.cursor_rows.set(CURSOR_KEY, str(folded[partition]).encode(), self.store.context(partition))
             live.progress_at_s[partition] = now_s
             try:
                 highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
@@ -364,8 +384,9 @@ class Fold(ChunkProcessor):
         if pending:
             await asyncio.gather(*pending)
 
-    async def _missing(self, partition: int, offset: int) -> list[Any]:
-        """Records of ``partition`` between the last one processed and ``offset`` that never arrived (usually none).
+    async def _missing(self, partition: int, offset: int) -> AsyncIterator[list[Any]]:
+        """Records of ``partition`` between the last one processed and ``offset`` that never arrived (usually none),
+        streamed from Kafka page by page.
 
         Every record of the events topic passes through here and the last processed offset per partition is kept
         in a table, so a jump means records were skipped (a seek past them, or a fetch dropped by the client):
@@ -384,16 +405,19 @@ class Fold(ChunkProcessor):
         else:
             self.cursors[partition] = max(cursor, offset - 1)
         if offset <= cursor + 1:
-            return []
+            return
         # A partition never processed here (no cursor) that does not start at the beginning is read from the
         # beginning (records its livestreams already applied are skipped by their own offsets).
         topic = self.settings.events_topic
-        missed = await read_range(self.settings.kafka_client_options(), topic, partition, cursor + 1, offset)
-        if not missed:
-            return []
-        log.warning("offset gap on %s[%d]: re-read %d records from %d", topic, partition, len(missed), cursor + 1)
+        log.warning("offset gap on %s[%d]: re-reading records %d..%d", topic, partition, cursor + 1, offset - 1)
         self.live.offset_gaps += 1
-        return missed
+        count = 0
+        async for page in stream_range(
+            self.settings.kafka_client_options(), topic, partition, cursor + 1, offset, self.batch_max_records
+        ):
+            count += len(page)
+            yield page
+        log.info("offset gap on %s[%d]: %d records re-read", topic, partition, count)
 
     async def _emit(self, finals: list[tuple[ClosedWindow, int]], now_ms: int) -> list[Any]:
         """Produce final window records not emitted before; returns the pending sends."""

@@ -65,8 +65,18 @@ async def read_to_end(
     return sorted(out, key=lambda r: (r.partition, r.offset))
 
 
-async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start: int, end: int) -> list[Any]:
-    """Records ``start <= offset < end`` of one partition (fewer if some were deleted by retention)."""
+async def stream_range(
+    kafka: Mapping[str, Any],
+    topic: str,
+    partition: int,
+    start: int,
+    end: int,
+    max_records: int = 20_000,
+    stall_timeout_s: float = 60.0,
+) -> AsyncIterator[list[Any]]:
+    """Records ``start <= offset < end`` of one partition (fewer if some were deleted by retention), in offset
+    order, in pages of at most ``max_records``: memory is one page, and time is bounded by progress (an error only
+    when no record arrived for ``stall_timeout_s``), not by the length of the range."""
     consumer = AIOKafkaConsumer(**kafka, enable_auto_commit=False, max_partition_fetch_bytes=16 * 1024 * 1024)
     try:
         await consumer.start()
@@ -74,13 +84,24 @@ async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start
         consumer.assign([tp])
         first = (await consumer.beginning_offsets([tp]))[tp]
         consumer.seek(tp, max(start, first))
-        out: list[Any] = []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + stall_timeout_s
         while await consumer.position(tp) < end:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic}[{partition}] {start}..{end}")
-            for records in (await consumer.getmany(tp, timeout_ms=500, max_records=20_000)).values():
-                out.extend(r for r in records if r.offset < end)
-        return out
+                raise TimeoutError(
+                    f"could not read {topic}[{partition}] {start}..{end}: no record for {stall_timeout_s:.0f} s"
+                )
+            for records in (await consumer.getmany(tp, timeout_ms=500, max_records=max_records)).values():
+                wanted = [r for r in records if r.offset < end]
+                if wanted:
+                    deadline = time.monotonic() + stall_timeout_s
+                    yield wanted
     finally:
         await consumer.stop()
+
+
+async def read_range(kafka: Mapping[str, Any], topic: str, partition: int, start: int, end: int) -> list[Any]:
+    """Records ``start <= offset < end`` of one partition in one list (for short ranges; see :func:`stream_range`)."""
+    out: list[Any] = []
+    async for records in stream_range(kafka, topic, partition, start, end):
+        out.extend(records)
+    return out

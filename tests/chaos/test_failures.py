@@ -232,6 +232,40 @@ def test_state_directory_deleted_is_rebuilt_from_the_changelog(pipeline: Pipelin
 
 
 @pytest.mark.slow
+def test_records_skipped_past_are_read_again_in_runs_of_the_batch_bounds(pipeline: Pipeline) -> None:
+    """The group's offsets are moved half-way into every partition before the first worker starts (as a seek past
+    records, or a fetch the client dropped, would): the fold finds the jump against its cursor, streams the
+    skipped records from Kafka in runs of at most 300 records, and every counter comes out exact."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    pipeline.extra_env.update(FAST_IDLE, LIVESTREAM_BATCH_MAX_RECORDS="300")
+    result = pipeline.replay(scale=SCALE, seed=41, batch=1)
+    settings = pipeline.settings()
+
+    async def commit_half_way() -> int:
+        consumer = AIOKafkaConsumer(
+            **settings.kafka_client_options(), group_id=settings.app_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(settings.events_topic, p) for p in range(pipeline.partitions)]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            await consumer.commit({tp: ends[tp] // 2 for tp in tps})
+            return sum(ends[tp] // 2 for tp in tps)
+        finally:
+            await consumer.stop()
+
+    skipped = asyncio.run(commit_half_way())
+    assert skipped > 1_000
+    pipeline.start_worker()
+    assert_exact(pipeline, result.oracle, seed=41)
+    log = pipeline.worker_log()
+    reread = sum(int(line.split(": ")[-1].split()[0]) for line in log.splitlines() if "records re-read" in line)
+    assert reread == skipped, log[-4000:]
+
+
+@pytest.mark.slow
 @BATCHES
 def test_kafka_broker_down_longer_than_the_idle_timeout(pipeline: Pipeline, batch: int) -> None:
     """The broker is away for longer than the idle timeout: a Kafka outage is not the livestreams' silence, so no
