@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from stream.decode import DeadLetter
+from stream.fold import FORWARDED_HEADER
 
-FORWARDED_HEADER = "livestream-forwarded-from"
 """On a copy forwarded to its key's partition: ``<partition>@<offset>`` of the original record in the same topic."""
 
 DEAD_LETTER_BUDGET_BYTES = 1_000_000
@@ -101,10 +101,10 @@ def forwarded_from(headers: Any) -> tuple[int, int] | None:
     or unreadable)."""
     for name, value in headers or ():
         if name == FORWARDED_HEADER:
-            partition, _, offset = (value or b"").partition(b"@")
+            fields = (value or b"").split(b"@")
             try:
-                return int(partition), int(offset)
-            except ValueError:
+                return int(fields[0]), int(fields[1])
+            except (ValueError, IndexError):
                 return None
     return None
 

@@ -39,7 +39,7 @@ from aiokafka.partitioner import murmur2
 from faust.types import TP
 
 from agents.bulk_consumer import Chunk, ChunkProcessor, RunBuilder, install, start_supervised
-from agents.dlq import FORWARDED_HEADER, send_dead_letter
+from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.forwarding import ForwardLog
 from agents.freeze import GUARD
@@ -49,7 +49,17 @@ from agents.topic_reader import stream_range
 from stream import campaign
 from stream.alerts import AlertChange, alert_record, load_rules
 from stream.clock import TickHealth
-from stream.fold import TICK_HEADER, BatchFold, BatchOutput, FoldConfig, SourceRecord, encode_tick
+from stream.fold import (
+    FORWARDED_HEADER,
+    TICK_HEADER,
+    BatchFold,
+    BatchOutput,
+    FoldConfig,
+    SourceRecord,
+    encode_tick,
+    forwarded_header,
+    is_tick,
+)
 from stream.settings import Settings
 from stream.snapshot import ClosedWindow, LiveSnapshot
 from stream.state import ChannelState, IdRow, OrderRow, decode_state, encode_state
@@ -331,16 +341,20 @@ class Fold(ChunkProcessor):
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
 
     async def _forward(self, records: list[tuple[SourceRecord, int]]) -> None:
-        """Records on a partition other than their key's: produce them to the right one, where the livestream's
-        state lives (original key, value and headers, plus where they came from), and wait until Kafka has them.
+        """Records on a partition other than their key's, and this partition's idle ticks: produce them to their
+        target (original key, value and headers, plus where and when they were appended first), in order, and wait
+        until Kafka has them.
 
         A crash before the source offset is committed forwards them again; the copies carry the same event ids,
         so the livestream's dedup counts them once.
         """
         pending = []
-        self.forward_log.note(records)
+        self.forward_log.note([(record, target) for record, target in records if not is_tick(record.headers)])
         for record, target in records:
-            headers = [*(record.headers or ()), (FORWARDED_HEADER, f"{record.partition}@{record.offset}".encode())]
+            headers = [
+                forwarded_header(record.partition, record.offset, record.timestamp),
+                *(header for header in record.headers or () if header[0] != FORWARDED_HEADER),
+            ]
             pending.append(
                 await self.events_topic.send(
                     key=record.key, value=record.value, partition=target, headers=headers, force=True

@@ -1,8 +1,11 @@
-"""Event-time clocks of events partitions: what the partition-level checks (ended livestreams, ``stream_down``,
-campaign progress) judge by.
+"""Event-time clocks of events partitions, per source: what the partition-level checks (ended livestreams,
+``stream_down``, campaign progress) judge by.
 
-Each applied record contributes its livestream's newest event time, bounded by the record's Kafka timestamp plus
-``max_clock_lead_s`` (the caller bounds it). Per partition:
+A clock is kept per :data:`SourceKey` ``(partition, source)``: the state partition a record is folded in and the
+partition its producer appended it to (the same, unless it arrived as a forwarded copy). Records of one source
+arrive in that source's order whatever else arrives between them, so a clock per source does not depend on how
+the sources interleave. Each applied record contributes its livestream's newest event time, bounded by the
+record's Kafka timestamp plus ``max_clock_lead_s`` (the caller bounds it). Per key:
 
 - the *partition clock* is the newest contribution;
 - the *silence clock* (``stream_down``) is the newest contribution of any livestream, unless it runs more than the
@@ -18,17 +21,20 @@ from dataclasses import dataclass, field
 
 _NEVER = -(1 << 62)
 
+SourceKey = tuple[int, int]
+"""``(state partition, source partition)``."""
+
 
 @dataclass
 class PartitionClocks:
     lead_ms: int
-    newest: dict[int, int] = field(default_factory=dict)
-    """Partition clock per partition."""
-    top: dict[int, list[tuple[str, int]]] = field(default_factory=dict)
-    """Per partition: the two newest contributions of distinct livestreams, newest first."""
-    scanned_at: dict[int, int] = field(default_factory=dict)
+    newest: dict[SourceKey, int] = field(default_factory=dict)
+    """Clock per key."""
+    top: dict[SourceKey, list[tuple[str, int]]] = field(default_factory=dict)
+    """Per key: the two newest contributions of distinct livestreams, newest first."""
+    scanned_at: dict[SourceKey, int] = field(default_factory=dict)
 
-    def advance(self, partition: int, channel_id: str, contribution: int) -> bool:
+    def advance(self, partition: SourceKey, channel_id: str, contribution: int) -> bool:
         """Fold one contribution in; True if the partition's checks are due."""
         clock = self.newest.get(partition, -1)
         if contribution > clock:
@@ -49,10 +55,14 @@ class PartitionClocks:
                 top.reverse()
         return clock - self.scanned_at.get(partition, _NEVER) >= 1000
 
-    def clock(self, partition: int) -> int:
+    def clock(self, partition: SourceKey) -> int:
         return self.newest.get(partition, -1)
 
-    def silence_clock(self, partition: int) -> int:
+    def sources(self, partition: int) -> list[int]:
+        """The sources with a clock in state partition ``partition``."""
+        return sorted(source for (at, source) in self.newest if at == partition)
+
+    def silence_clock(self, partition: SourceKey) -> int:
         top = self.top.get(partition)
         if not top:
             return -1
@@ -60,13 +70,14 @@ class PartitionClocks:
             return top[0][1]
         return top[1][1]
 
-    def scanned(self, partition: int) -> None:
+    def scanned(self, partition: SourceKey) -> None:
         self.scanned_at[partition] = self.newest.get(partition, -1)
 
     def forget(self, partition: int) -> None:
-        self.newest.pop(partition, None)
-        self.top.pop(partition, None)
-        self.scanned_at.pop(partition, None)
+        """Drop every clock of state partition ``partition``."""
+        for table in (self.newest, self.top, self.scanned_at):
+            for key in [key for key in table if key[0] == partition]:
+                del table[key]
 
 
 @dataclass

@@ -38,7 +38,7 @@ from stream.alerts import (
     resolve_if_active,
     stream_down_gap_ms,
 )
-from stream.clock import PartitionClocks, quiet_ms
+from stream.clock import PartitionClocks, SourceKey, quiet_ms
 from stream.decode import DeadLetter, TimeBounds, decode_record
 from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow
@@ -62,6 +62,9 @@ from stream.state import (
 
 TICK_HEADER = "livestream-tick"
 """Header that marks an idle-tick record (its key is the partition number; never a livestream's record)."""
+
+FORWARDED_HEADER = "livestream-forwarded-from"
+"""Header of a forwarded copy: ``<partition>@<offset>@<append ms>`` of the record its producer wrote."""
 
 ID_CACHE_BUCKETS = 20_000
 """Dedup minutes kept in memory across batches (cleared when exceeded; a few hundred bytes to a few MB each)."""
@@ -92,6 +95,27 @@ def decode_tick(value: bytes | None) -> TickValue:
         return _tick_decoder.decode(value or b"{}")
     except (msgspec.DecodeError, UnicodeDecodeError):
         return TickValue()
+
+
+def forwarded_header(partition: int, offset: int, timestamp_ms: int) -> tuple[str, bytes]:
+    """The :data:`FORWARDED_HEADER` of a copy of the record at ``partition``/``offset`` appended at ``timestamp_ms``."""
+    return FORWARDED_HEADER, f"{partition}@{offset}@{timestamp_ms}".encode()
+
+
+def origin(record: SourceRecord) -> tuple[int, int, int]:
+    """``(partition, offset, append ms)`` of the record the producer wrote: the record itself, or the original
+    named by a copy's :data:`FORWARDED_HEADER`. The time is never later than the copy's own (a header claiming a
+    later time, or one that does not parse, is not believed), so a copy cannot move a clock past its arrival."""
+    for name, value in record.headers or ():
+        if name == FORWARDED_HEADER:
+            try:
+                fields = value.decode().split("@")
+                partition, offset = int(fields[0]), int(fields[1])
+                appended = int(fields[2]) if len(fields) > 2 else record.timestamp
+            except (ValueError, IndexError, UnicodeDecodeError):
+                break
+            return partition, offset, min(appended, record.timestamp)
+    return record.partition, record.offset, record.timestamp
 
 
 def is_tick(headers: Sequence[tuple[str, bytes]] | None) -> bool:
@@ -173,6 +197,8 @@ class FoldConfig:
     spec: WindowSpec
     rules: AlertRules
     home_partition: Callable[[bytes], int]
+    partitions: int = 1
+    """Partitions of the events topic (a tick is copied to each of the others)."""
     max_clock_lead_ms: int = 5_000
     order_horizon_ms: int = 86_400_000
     max_past_ms: int = 3650 * 86_400_000
@@ -184,6 +210,7 @@ class FoldConfig:
             spec=window_spec(settings),
             rules=rules,
             home_partition=home_partition,
+            partitions=settings.partitions,
             max_clock_lead_ms=settings.max_clock_lead_s * 1000,
             order_horizon_ms=settings.order_horizon_s * 1000,
             max_past_ms=settings.max_past_days * 86_400_000,
@@ -239,7 +266,9 @@ class BatchOutput:
     campaign_copies: list[campaign.ChannelWindowCopy] = field(default_factory=list)
     dead_letters: list[DeadRecord] = field(default_factory=list)
     forwards: list[tuple[SourceRecord, int]] = field(default_factory=list)
-    """Records to produce again on their home partition (record, target partition)."""
+    """Records to produce again on another partition (record, target), in record order: records on a partition
+    other than their home, and each idle tick written here, copied to every other partition (see
+    :class:`BatchFold`). Copies carry :func:`forwarded_header` of their original."""
     late: list[Event] = field(default_factory=list)
     states: list[ChannelState] = field(default_factory=list)
     id_writes: list[tuple[tuple[str, int, int], IdRow, int]] = field(default_factory=list)
@@ -248,7 +277,7 @@ class BatchOutput:
     viewers: dict[str, list[str]] = field(default_factory=dict)
     """New viewer ids per livestream (for the unique-viewer HyperLogLogs)."""
     ticks: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Per partition, the last tick's (wall time, healthy since)."""
+    """Per partition, the last tick's (wall time, healthy since), its own or a copied one."""
     counters: BatchCounters = field(default_factory=BatchCounters)
 
 
@@ -310,8 +339,10 @@ class BatchFold:
         self.config = config
         self.clocks = PartitionClocks(config.max_clock_lead_ms)
         self.index = PartitionIndex()
-        self.partition_wall: dict[int, int] = {}
-        """Kafka timestamp of the newest livestream record per partition (idleness for campaign progress)."""
+        self.source_wall: dict[SourceKey, int] = {}
+        """Per (partition, source): Kafka append time of the newest livestream record from that source."""
+        self.source_ticks: dict[SourceKey, tuple[int, int]] = {}
+        """Per (partition, source): the newest tick of that source seen here (wall time, healthy since)."""
         self.progress_sent: dict[int, tuple[int, bool]] = {}
         self.id_cache: dict[tuple[str, int], IdBucket] = {}
         self._homes: dict[bytes, int] = {}
@@ -324,7 +355,9 @@ class BatchFold:
         for partition in partitions:
             self.clocks.forget(partition)
             self.progress_sent.pop(partition, None)
-            self.partition_wall.pop(partition, None)
+        for table in (self.source_wall, self.source_ticks):
+            for key in [key for key in table if key[0] in partitions]:
+                del table[key]
 
     def home_partition(self, key: bytes) -> int:
         found = self._homes.get(key)
@@ -344,29 +377,49 @@ class BatchFold:
     def progress(
         self, partitions: Iterable[int], ticks: dict[int, tuple[int, int]], now_ms: int
     ) -> list[campaign.PartitionProgress]:
-        """How far each of ``partitions`` has settled for the campaign aggregator, where it changed.
+        """How far each of ``partitions`` has settled for the campaign aggregator, where it changed (always while it
+        is idle: the marker's ``as_of`` moves on).
 
         Call only once the index holds every owned livestream: before that a livestream with an open window could
-        be missing from its bounds and the progress would run ahead of it. A partition is idle when its last tick
-        found no record for the idle timeout since its newest record (or since it was first seen here) and since
-        the ticking worker's Kafka connection was last healthy.
+        be missing from its bounds and the progress would run ahead of it. Each source of a partition is judged by
+        its own records and ticks: a source is idle when its last tick found no record from it for the idle
+        timeout (and since the ticking worker's Kafka connection was last healthy); the partition's watermark is
+        the lowest of its active sources' clocks, so a source whose copies are still on their way holds the
+        partition back, and the partition is idle when every source is. Every partition of the topic counts as a
+        source from the first call on (silent since then until its ticks say otherwise).
         """
         spec = self.config.spec
         markers = []
         for partition in sorted(partitions):
-            tick = ticks.get(partition)
-            last_record = self.partition_wall.setdefault(partition, now_ms)
-            idle = tick is not None and quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms
-            clock = self.clocks.clock(partition)
-            mark = clock - spec.lateness_ms if clock >= 0 else -1
+            # Every partition of the topic is a source of this one (its records for livestreams homed here, and its
+            # ticks, arrive as copies): one not heard from yet holds the progress back until its ticks show it idle.
+            for source in range(self.config.partitions):
+                self.source_wall.setdefault((partition, source), now_ms)
+            sources = {source for (at, source) in self.source_wall if at == partition}
+            marks, as_of = [], -1
+            for source in sorted(sources):
+                key = (partition, source)
+                last_record = self.source_wall[key]
+                tick = self.source_ticks.get(key)
+                if tick is not None and quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms:
+                    as_of = max(as_of, tick[0])
+                    continue
+                clock = self.clocks.clock(key)
+                marks.append(clock - spec.lateness_ms if clock >= 0 else -1)
+                as_of = max(as_of, last_record)
+            idle = not marks
             bounds = self.index.open_bounds.get(partition, {})
-            settled = campaign.settled_through(bounds, mark, spec.size_ms, spec.grace_ms, idle)
-            as_of = tick[0] if idle and tick is not None else last_record
+            settled = campaign.settled_through(bounds, min(marks, default=-1), spec.size_ms, spec.grace_ms, idle)
             if self.progress_sent.get(partition) == (settled, idle) and not idle:
                 continue
             markers.append(campaign.PartitionProgress(partition, settled, idle, as_of))
             self.progress_sent[partition] = (settled, idle)
         return markers
+
+
+def source_of(state: ChannelState) -> int:
+    """The source a livestream is judged by (its state partition for states written before sources were kept)."""
+    return state.source if state.source >= 0 else state.partition
 
 
 class _Batch:
@@ -400,20 +453,26 @@ class _Batch:
 
     def record(self, record: SourceRecord) -> None:
         out, partition, key = self.out, record.partition, record.key
+        source, _, appended_ms = origin(record)
         if is_tick(record.headers):
-            # A tick's time is the earliest of when it was written (its value), when Kafka appended it and when the
-            # batch runs: a tick that waited in transit (a broker that stood still) is not newer than the records
-            # produced meanwhile, and a tick record claiming a later time (a crafted one, a clock ahead) closes
-            # nothing that a tick of the worker's own could not close now. Early is safe: silence is then
-            # underestimated, never overestimated.
+            # A tick's time is the earliest of when it was written (its value), when Kafka appended it (the
+            # original's append time, for a copy) and when the batch runs: a tick that waited in transit (a broker
+            # that stood still) is not newer than the records produced meanwhile, and a tick record claiming a later
+            # time (a crafted one, a clock ahead) closes nothing that a tick of the worker's own could not close now.
+            # Early is safe: silence is then underestimated, never overestimated.
             tick = decode_tick(record.value)
-            tick_ms = min(record.timestamp, self.now_ms)
+            tick_ms = min(appended_ms, self.now_ms)
             if tick.wall_ms >= 0:
                 tick_ms = min(tick_ms, tick.wall_ms)
             healthy_since = min(tick.healthy_since_ms, tick_ms)
             out.ticks[partition] = (tick_ms, healthy_since)
             out.counters.ticks += 1
-            self.scan(partition, tick_ms, healthy_since)
+            self.fold.source_ticks[(partition, source)] = (tick_ms, healthy_since)
+            self.scan(partition, source, tick_ms, healthy_since)
+            if source == partition:
+                # Copied behind every record forwarded from here so far: at each other partition it says how far
+                # this source has been delivered (its livestreams there are judged by it, see scan).
+                out.forwards.extend((record, other) for other in range(self.config.partitions) if other != partition)
             return
         if key is not None:
             home = self.fold.home_partition(key)
@@ -429,8 +488,8 @@ class _Batch:
                 out.forwards.append((record, home))
                 return
         out.counters.records += 1
-        produced_ms = record.timestamp
-        self.fold.partition_wall[partition] = produced_ms
+        produced_ms = appended_ms
+        self.fold.source_wall[(partition, source)] = produced_ms
         result = decode_record(key, record.value, self.bounds)
         if isinstance(result, DeadLetter):
             out.dead_letters.append(DeadRecord(record, result))
@@ -450,6 +509,7 @@ class _Batch:
         )
         if not applied:
             return
+        state.source = source
         # Everything a record decides is decided at its position in the partition, never per batch: windows its
         # livestream's watermark passed, a silence it ends, and the checks of a partition clock it moves.
         self.close(state, watermark(state, self.spec), partition)
@@ -460,8 +520,8 @@ class _Batch:
             if back is not None:
                 out.alert_changes.append((back, partition))
         contribution = min(state.max_ts_ms, produced_ms + self.config.max_clock_lead_ms)
-        if self.fold.clocks.advance(partition, channel_id, contribution):
-            self.scan(partition, -1)
+        if self.fold.clocks.advance((partition, source), channel_id, contribution):
+            self.scan(partition, source, -1)
 
     def close(self, state: ChannelState, mark: int, partition: int) -> None:
         """Close the windows of ``state`` that watermark ``mark`` passed: final windows, their alert verdicts and,
@@ -480,10 +540,15 @@ class _Batch:
                     campaign.ChannelWindowCopy(channel_id, state.campaign, window.start_ms, window.counters)
                 )
 
-    def scan(self, partition: int, tick_ms: int, healthy_since_ms: int = -1) -> None:
-        """The partition-level checks, at one record's position: ended livestreams whose last windows can close
-        (:func:`stream.state.ended_watermark`), ``stream_down`` (:func:`stream.alerts.evaluate_silence`) and, at
-        an idle tick (``tick_ms`` >= 0), idle livestreams whose windows close (:func:`stream.state.idle_watermark`).
+    def scan(self, partition: int, source: int, tick_ms: int, healthy_since_ms: int = -1) -> None:
+        """The partition-level checks for the livestreams of ``partition`` whose records come from ``source``, at
+        one record's position: ended livestreams whose last windows can close (:func:`stream.state.ended_watermark`),
+        ``stream_down`` (:func:`stream.alerts.evaluate_silence`) and, at an idle tick of that source (``tick_ms`` >=
+        0), idle livestreams whose windows close (:func:`stream.state.idle_watermark`).
+
+        A source's records and ticks reach the partition in the source's order, whatever arrives from other sources
+        in between, so judging each livestream by its own source's clock and ticks gives one answer for any
+        interleaving of sources (and any partitioner of the producers).
 
         At a tick a livestream's own clock also runs on with the wall time since its last record: the tick is
         processed after every record produced before it. Wall-clock silence is counted from the ticking worker's
@@ -492,14 +557,17 @@ class _Batch:
         rules, spec, clocks = self.rules, self.spec, self.fold.clocks
         rule = rules.stream_down
         silence_ms, grace_ms = (rule.silence_s + rule.skew_s) * 1000, spec.grace_ms
-        clock = clocks.clock(partition)
-        silence_clock = clocks.silence_clock(partition)
-        clocks.scanned(partition)
+        key = (partition, source)
+        clock = clocks.clock(key)
+        silence_clock = clocks.silence_clock(key)
+        clocks.scanned(key)
         candidates: dict[str, ChannelView | ChannelState] = {
-            cid: state for cid, state in self.touched.items() if state.partition == partition
+            cid: state
+            for cid, state in self.touched.items()
+            if state.partition == partition and source_of(state) == source
         }
         for channel_id, view in self.fold.index.by_partition.get(partition, {}).items():
-            if channel_id not in candidates:
+            if channel_id not in candidates and view.source == source:
                 candidates[channel_id] = view
         for channel_id, item in candidates.items():
             open_windows = len(item.windows) if isinstance(item, ChannelState) else item.open_windows

@@ -39,6 +39,7 @@ class ChannelView(msgspec.Struct, gc=False):
     last_wall_ms: int
     open_windows: int
     alerts: dict[str, ActiveAlert] | None
+    source: int = -1
 
     @classmethod
     def of(cls, state: ChannelState) -> ChannelView:
@@ -58,6 +59,7 @@ class ChannelView(msgspec.Struct, gc=False):
             state.last_wall_ms,
             len(state.windows),
             state.alerts or None,
+            state.source if state.source >= 0 else state.partition,
         )
 
 

@@ -95,7 +95,8 @@ class ChannelState(msgspec.Struct):
     duplicate_order_updates: int = 0
     """Order events whose (order id, status) was already counted (see :class:`OrderBook`)."""
     last_wall_ms: int = -1
-    """Wall-clock time the last applied record was produced (its Kafka timestamp); drives the idle watermark."""
+    """Kafka append time of the last applied record (of its original, for a forwarded copy); drives the idle
+    watermark."""
     ended_ms: int = -1
     """Event time of the livestream's ``live_end`` (-1 while live; a later event makes it live again)."""
     alerts: dict[str, ActiveAlert] = msgspec.field(default_factory=dict)
@@ -112,6 +113,10 @@ class ChannelState(msgspec.Struct):
     """Comments per user in each open 1-minute window (comment-spam memory, dropped when the window closes)."""
     comment_texts: dict[int, dict[str, int]] = msgspec.field(default_factory=dict)
     """Comments per folded text (:func:`stream.alerts.fold_text`) in each open 1-minute window."""
+    source: int = -1
+    """The events partition the livestream's last record was appended to by its producer (its copy's original
+    partition when it arrived forwarded; -1: its state partition). Idleness and partition clocks are judged per
+    source (:mod:`stream.fold`)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the campaign's GMV milestones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from aiokafka.partitioner import DefaultPartitioner
@@ -16,7 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from schemas.events import Batch, Event
 from stream.alerts import AlertChange, AlertRules
 from stream.campaign import CampaignState, ChannelWindowCopy, PartitionProgress, apply_input
-from stream.fold import BatchFold, FoldConfig, MemoryStore, Record
+from stream.fold import TICK_HEADER, BatchFold, FoldConfig, MemoryStore, Record, encode_tick, forwarded_header, is_tick
 from stream.replay.generator import FairReplay
 from stream.replay.incidents import ScriptedReplay
 from stream.replay.profile import OCOP_FAIR, scaled
@@ -74,7 +75,7 @@ def simulate(replay: ScriptedReplay, rules: AlertRules | None = None, envelope: 
     the murmur2 partition, stamped with their newest event time), one batch per fair minute, and its campaign
     copies and partition progress folded by :func:`stream.campaign.apply_input` as the campaign agent does."""
     rules = rules or AlertRules()
-    fold = BatchFold(FoldConfig(spec=WindowSpec(), rules=rules, home_partition=partition_of))
+    fold = BatchFold(FoldConfig(spec=WindowSpec(), rules=rules, home_partition=partition_of, partitions=PARTITIONS))
     store = MemoryStore()
     changes: list[AlertChange] = []
     offsets: dict[int, int] = {}
@@ -88,20 +89,32 @@ def simulate(replay: ScriptedReplay, rules: AlertRules | None = None, envelope: 
         if out:
             changes.extend(out.alerts)
 
+    copies: list[tuple[Record, int]] = []  # tick copies of the minute before, delivered at the next one's start
+
+    def append(partition: int, timestamp: int, key: bytes, value: bytes, headers: Any = None) -> None:
+        offsets[partition] = offset = offsets.get(partition, -1) + 1
+        records.append(Record(partition, offset, timestamp, key, value, headers))
+
     for minute in replay.minutes():
-        records = []
+        records: list[Record] = []
+        for tick, target in copies:
+            headers = [forwarded_header(tick.partition, tick.offset, tick.timestamp), *(tick.headers or ())]
+            append(target, minute.start_ms, tick.key or b"", tick.value or b"", headers)
         for channel_id, events in minute.by_channel.items():
             partition = partition_of(channel_id.encode())
             for i in range(0, len(events), envelope):
                 chunk = events[i : i + envelope]
-                offsets[partition] = offset = offsets.get(partition, -1) + 1
                 value = _encode(Batch(channel_id=channel_id, events=chunk))
-                newest = max(e.ts_ms for e in chunk)
-                records.append(Record(partition, offset, newest, channel_id.encode(), value))
+                append(partition, max(e.ts_ms for e in chunk), channel_id.encode(), value)
+        wall = minute.start_ms + MINUTE
+        for partition in range(PARTITIONS):  # each worker's idle tick, at the minute's end
+            append(partition, wall, str(partition).encode(), encode_tick(wall, -1), [(TICK_HEADER, b"")])
         records.sort(key=lambda r: (r.partition, r.offset))
-        output = fold.fold(records, store, now_ms=minute.start_ms + MINUTE)
+        output = fold.fold(records, store, now_ms=wall)
         store.save(output)
-        assert not output.dead_letters and not output.forwards, "the replay's records are all valid and well placed"
+        assert not output.dead_letters, "the replay's records are all valid"
+        copies = [(record, target) for record, target in output.forwards]
+        assert all(is_tick(record.headers) for record, _ in copies), "and well placed: only ticks are copied"
         changes.extend(change for change, _ in output.alert_changes)
         for copy in output.campaign_copies:
             feed(copy)

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from agents.startup import ensure_topics
 from agents.topic_reader import read_to_end
 from livestream import readback
-from livestream.lag import consumer_lag
+from livestream.lag import consumer_lag, partition_lag
 from livestream.producer import ReplayResult, replay_fair
 from stream.settings import Settings
 from stream.state import ChannelState, decode_state
@@ -189,6 +189,19 @@ class Pipeline:
     def lag(self) -> int:
         s = self.settings()
         return asyncio.run(consumer_lag(s.kafka_client_options(), s.app_id, s.events_topic))
+
+    def wait_committed_to_end(self, timeout: float, what: str = "every record committed") -> None:
+        """Wait until the group's committed offset of every events partition reaches the end that partition had
+        when this was called (idle ticks, and their copies to the other partitions, keep appending, so with
+        several workers there may be no instant when every partition's lag is 0)."""
+        s = self.settings()
+
+        def offsets() -> dict[int, tuple[int, int, int]]:
+            return asyncio.run(partition_lag(s.kafka_client_options(), s.app_id, s.events_topic))
+
+        ends = {partition: end for partition, (end, _, _) in offsets().items()}
+        assert ends, f"{s.events_topic} has no partitions"
+        wait_until(lambda: all(offsets()[p][1] >= end for p, end in ends.items()), timeout, what, interval=0.2)
 
     # Redis ---------------------------------------------------------------------------------------------------
     def redis(self) -> redis.Redis:

@@ -64,7 +64,7 @@ def test_a_pinned_worker_beside_a_busy_process_takes_the_largest_envelope_and_a_
         for channel_id, expected in result.oracle.channels.items():
             for name in COUNTER_FIELDS:
                 assert channels[channel_id][name] == getattr(expected, name), (channel_id, name)
-        wait_until(lambda: pipeline.lag() == 0, 120, "every offset committed")
+        pipeline.wait_committed_to_end(120, "every offset committed")
         assert worker.poll() is None, f"the worker exited with {worker.returncode}"
         log = pipeline.worker_log(0)
         assert "stood still" not in log and "processing loop failed" not in log, log[-4000:]

@@ -82,4 +82,4 @@ def test_poison_pills_interleaved_with_good_events(pipeline: Pipeline) -> None:
     samples = parse_metrics(pipeline.metrics_text())
     for reason in DEAD_LETTER_REASONS:
         assert samples[f'livestream_dlq_records_total{{reason="{reason}"}}'] == expected.count(reason)
-    wait_until(lambda: pipeline.lag() == 0, 60, "offsets to advance past every pill")
+    pipeline.wait_committed_to_end(60, "offsets to advance past every pill")

@@ -13,7 +13,7 @@ import pytest
 
 from agents.freeze import EXIT_FROZEN
 from tests.chaos.test_failures import FAST_IDLE, SCALE, BackgroundReplay, assert_exact
-from tests.support import Pipeline, wait_until
+from tests.support import Pipeline
 
 CRASH_SIGNS = (
     "processing loop failed",
@@ -35,7 +35,7 @@ def assert_no_crash(pipeline: Pipeline) -> None:
 def assert_committed_to_the_end(pipeline: Pipeline) -> None:
     """The group's committed offset of every events partition reaches its end (idle ticks keep appending, so
     this is seen between two ticks)."""
-    wait_until(lambda: pipeline.lag() == 0, 90, "committed offsets at the end of every partition", interval=0.1)
+    pipeline.wait_committed_to_end(90, "committed offsets at the end of every partition")
 
 
 @pytest.mark.slow

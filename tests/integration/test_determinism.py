@@ -109,7 +109,7 @@ def outputs(pipeline: Pipeline) -> dict[str, Any]:
         return bool(now["stats_1m"]) and time.monotonic() - stable_since > 12
 
     wait_until(settled, 240, "outputs to stop changing", interval=1.0)
-    wait_until(lambda: pipeline.lag() == 0, 30, "committed offsets at the end")
+    pipeline.wait_committed_to_end(30, "committed offsets at the end")
     return last
 
 

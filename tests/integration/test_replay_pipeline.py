@@ -23,7 +23,7 @@ def test_scaled_fair_is_exact_everywhere(pipeline: Pipeline, scale: float, batch
     result = pipeline.replay(scale=scale, seed=11, batch=batch)
     oracle = result.oracle
     pipeline.wait_redis_summary(CAMPAIGN, oracle.summary())
-    wait_until(lambda: pipeline.lag() == 0, 60, "the worker to commit every record")
+    pipeline.wait_committed_to_end(60, "the worker to commit every record")
 
     # Redis: every counter of every livestream, and the campaign.
     channels = pipeline.redis_channels(CAMPAIGN)
@@ -127,7 +127,7 @@ def test_garbage_goes_to_dead_letters_and_the_worker_keeps_counting(pipeline: Pi
     assert samples['livestream_dlq_records_total{reason="bad_json"}'] == 1
     assert samples['livestream_dlq_records_total{reason="null_value"}'] == 1
     assert samples['livestream_dlq_records_total{reason="unknown_type"}'] == 1
-    wait_until(lambda: pipeline.lag() == 0, 60, "offsets to advance past the garbage")
+    pipeline.wait_committed_to_end(60, "offsets to advance past the garbage")
 
 
 def test_dead_letters_can_be_inspected_and_replayed(pipeline: Pipeline) -> None:
@@ -173,7 +173,7 @@ def test_the_partition_count_comes_from_the_events_topic(pipeline: Pipeline) -> 
     pipeline.start_worker()
     result = pipeline.replay(scale=0.005, seed=12, batch=1)
     pipeline.wait_redis_summary(CAMPAIGN, result.oracle.summary())
-    wait_until(lambda: pipeline.lag() == 0, 60, "the worker to commit every record")
+    pipeline.wait_committed_to_end(60, "the worker to commit every record")
     log = pipeline.worker_log(0)
     assert "has 3 partitions, LIVESTREAM_PARTITIONS is 4: using the topic's 3" in log
     assert "misrouted" not in log and "forwarded" not in log, "murmur2 placement on 3 partitions is home"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from stream.replay.oracle import COUNTER_FIELDS
-from tests.support import Pipeline, free_port, wait_until
+from tests.support import Pipeline, free_port
 from tests.tls_material import make_broker_tls
 
 pytestmark = pytest.mark.services
@@ -105,7 +105,7 @@ def test_fair_through_sasl_ssl_is_exact(secured_kafka: SecuredKafka, tmp_path: P
         pipeline.start_worker()
         oracle = pipeline.replay(scale=0.01, seed=23, batch=1).oracle
         pipeline.wait_redis_summary(CAMPAIGN, oracle.summary())
-        wait_until(lambda: pipeline.lag() == 0, 60, "the worker to commit every record over SASL_SSL")
+        pipeline.wait_committed_to_end(60, "the worker to commit every record over SASL_SSL")
         channels = pipeline.redis_channels(CAMPAIGN)
         assert set(channels) == set(oracle.channels)
         for channel_id, expected in oracle.channels.items():

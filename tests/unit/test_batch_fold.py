@@ -24,7 +24,17 @@ from hypothesis import strategies as st
 
 from schemas.events import MAX_RECORD_BYTES, Batch, View
 from stream.alerts import AlertRules
-from stream.fold import TICK_HEADER, BatchFold, BatchOutput, FoldConfig, MemoryStore, Record, encode_tick
+from stream.fold import (
+    TICK_HEADER,
+    BatchFold,
+    BatchOutput,
+    FoldConfig,
+    MemoryStore,
+    Record,
+    encode_tick,
+    forwarded_header,
+    is_tick,
+)
 from stream.replay.generator import FairReplay
 from stream.replay.oracle import COUNTER_FIELDS
 from stream.replay.profile import OCOP_FAIR, scaled
@@ -42,7 +52,7 @@ def home(key: bytes) -> int:
 
 
 def new_fold() -> BatchFold:
-    return BatchFold(FoldConfig(spec=SPEC, rules=AlertRules(), home_partition=home))
+    return BatchFold(FoldConfig(spec=SPEC, rules=AlertRules(), home_partition=home, partitions=PARTITIONS))
 
 
 def tick(partition: int, offset: int, wall_ms: int, healthy_since_ms: int) -> Record:
@@ -148,7 +158,12 @@ def summarize(outputs: list[BatchOutput], store: MemoryStore) -> dict[str, Any]:
         "finals": finals,
         "late": sorted(e.event_id for out in outputs for e in out.late),
         "dead": sorted(dead),
-        "forwards": sorted((r.partition, r.key, target) for o in outputs for r, target in o.forwards),
+        "forwards": sorted(
+            (r.partition, r.key, target) for o in outputs for r, target in o.forwards if not is_tick(r.headers)
+        ),
+        "tick_copies": sorted(
+            (r.partition, r.offset, target) for o in outputs for r, target in o.forwards if is_tick(r.headers)
+        ),
         "copies": Counter(copies),
         "alerts": sorted(alerts),
         "totals": {cid: s.totals.as_dict() for cid, s in store.states.items()},
@@ -190,7 +205,17 @@ positions = st.sets(st.integers(min_value=0, max_value=total_records + 60), max_
 def test_any_batching_and_ticks_anywhere_give_the_same_outputs(cuts: set[int], tick_after: set[int]) -> None:
     got = run(cuts, tick_after)
     want = one_batch()
-    for name in ("finals", "late", "dead", "forwards", "copies", "alerts", "totals", "records", "misrouted"):
+    for name in (
+        "finals",
+        "late",
+        "dead",
+        "forwards",
+        "copies",
+        "alerts",
+        "totals",
+        "records",
+        "misrouted",
+    ):
         assert got[name] == want[name], name
 
 
@@ -273,10 +298,17 @@ def test_a_table_read_between_a_batch_and_its_save_does_not_roll_the_index_back(
     fold, store = new_fold(), MemoryStore()
     first = _record(0, [_view(0, BASE + 1_000)])
     store.save(fold.fold([first], store, now_ms=BASE + 1_000))
+    fold.progress([first.partition], {}, BASE + 1_000)  # as after every batch: every source is heard of from now
     before = store.state("c1", first.partition)
     assert before is not None and before.windows
     wall = BASE + 1_000 + SPEC.idle_timeout_ms
-    closing = fold.fold([tick(first.partition, 1, wall, -1)], store, now_ms=wall)  # not saved yet
+    # The partition's own tick, and the ticks of the other partitions copied to it: every source is idle.
+    ticks = [tick(first.partition, 1, wall, -1)]
+    for offset, other in enumerate(p for p in range(PARTITIONS) if p != first.partition):
+        copied = tick(other, 7, wall, -1)
+        headers = [forwarded_header(other, 7, wall), *(copied.headers or ())]
+        ticks.append(Record(first.partition, 2 + offset, wall, copied.key, copied.value, headers))
+    closing = fold.fold(ticks, store, now_ms=wall)  # not saved yet
     assert closing.finals
     assert not fold.index.add_stored(before), "the fold's own view is newer than the table's row"
     [progress] = fold.progress([first.partition], closing.ticks, wall)
