@@ -109,10 +109,21 @@ def replay(
         str | None, typer.Option(help="bearer token for --via", envvar="LIVESTREAM_GATEWAY_TOKEN", show_default=False)
     ] = None,
     connections: Annotated[int, typer.Option(help="concurrent connections to the gateway (--via)")] = 8,
+    partitioner: Annotated[
+        str,
+        typer.Option(
+            help="how records are placed: murmur2 (Java, aiokafka: each on its livestream's home partition) or "
+            "crc32 (librdkafka's default, as kcat and confluent-kafka place them)"
+        ),
+    ] = "murmur2",
 ) -> None:
     """Replay the OCOP fair into the events topic; the last line is the oracle (expected totals) as JSON.
 
     With --via, the fair goes through the ingestion gateway as NDJSON requests of --batch events."""
+    from livestream.producer import PARTITIONERS
+
+    if partitioner not in PARTITIONERS:
+        raise typer.BadParameter(f"one of {', '.join(PARTITIONERS)}", param_hint="--partitioner")
     from livestream.producer import replay_fair
 
     settings = _State.settings()
@@ -148,7 +159,9 @@ def replay(
         return
 
     async def run() -> None:
-        result = await replay_fair(settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True)
+        result = await replay_fair(
+            settings, scale=scale, seed=seed, batch=batch, speed=speed, progress=True, partitioner=partitioner
+        )
         line = {
             **result.oracle.summary(),
             "events": result.events,
@@ -200,8 +213,8 @@ def bench(
     skip: Annotated[
         list[str] | None,
         typer.Option(
-            help="skip a step (repeatable): drain, passthrough, quix, single, batch, latency, memory, fair, scaling, "
-            "takeover, gateway"
+            help="skip a step (repeatable): drain, passthrough, quix, single, crc32, batch, latency, memory, fair, "
+            "scaling, takeover, gateway"
         ),
     ] = None,
     latency_seconds: Annotated[float, typer.Option(help="how long to send events for the latency step")] = 20.0,

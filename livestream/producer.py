@@ -13,10 +13,11 @@ import contextlib
 import multiprocessing
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from queue import Full
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from aiokafka import AIOKafkaProducer
@@ -46,6 +47,22 @@ class ReplayResult:
     records: int
     events: int
     seconds: float
+
+
+PARTITIONERS: Final = ("murmur2", "crc32")
+"""How the replay places records: ``murmur2`` (the Java client's, aiokafka's and the pipeline's own; each record
+on its livestream's home partition) or ``crc32`` (librdkafka's default ``consistent_random`` for keyed records, as
+kcat, confluent-kafka-python and the Go and .NET clients place them; the worker forwards most of them)."""
+
+
+async def _placement(producer: AIOKafkaProducer, topic: str, partitioner: str) -> Callable[[bytes], int] | None:
+    """The partition of a key under ``partitioner`` (None: the producer's own murmur2)."""
+    if partitioner == "murmur2":
+        return None
+    if partitioner != "crc32":
+        raise ValueError(f"unknown partitioner {partitioner!r}: one of {', '.join(PARTITIONERS)}")
+    count = len(await producer.partitions_for(topic))
+    return lambda key: zlib.crc32(key) % count
 
 
 EncodedMinute = tuple[int, list[tuple[bytes, bytes]], int]
@@ -106,6 +123,7 @@ async def produce_generated_fair(
     batch: int = 1,
     speed: float = 0.0,
     on_minute: Callable[[int, int], None] | None = None,
+    partitioner: str = "murmur2",
 ) -> ReplayResult:
     """Send the fair of ``(profile, seed)``, generated and encoded in a child process while this one sends, so
     generation and sending use two cores. Same records, in the same order, as :func:`produce_replay`."""
@@ -128,7 +146,9 @@ async def produce_generated_fair(
 
     finished = False
     try:
-        records, events, seconds = await _produce(minutes(), kafka, topic, speed=speed, on_minute=on_minute)
+        records, events, seconds = await _produce(
+            minutes(), kafka, topic, speed=speed, on_minute=on_minute, partitioner=partitioner
+        )
         finished = True
     finally:
         if not finished:  # stopped or failed: end the generator now, and free a thread still waiting for it
@@ -151,8 +171,10 @@ async def _produce(
     speed: float,
     on_minute: Callable[[int, int], None] | None,
     clock_skew_ms: int = 0,
+    partitioner: str = "murmur2",
 ) -> tuple[int, int, float]:
-    """Send every record, minute by minute (``speed`` N: N times real time; 0: as fast as possible)."""
+    """Send every record, minute by minute (``speed`` N: N times real time; 0: as fast as possible), placed by
+    ``partitioner`` (:data:`PARTITIONERS`)."""
     producer = AIOKafkaProducer(
         **kafka,
         enable_idempotence=True,
@@ -163,6 +185,7 @@ async def _produce(
         compression_type="lz4",
     )
     await producer.start()
+    place = await _placement(producer, topic, partitioner)
     started = time.monotonic()
     records = events = 0
     pending: list[asyncio.Future[object]] = []
@@ -178,7 +201,8 @@ async def _produce(
                     await asyncio.sleep(delay)
             stamp = int(time.time() * 1000) + clock_skew_ms if clock_skew_ms else None
             for key, value in minute_records:
-                pending.append(await producer.send(topic, value, key=key, timestamp_ms=stamp))
+                partition = place(key) if place is not None else None
+                pending.append(await producer.send(topic, value, key=key, partition=partition, timestamp_ms=stamp))
             records += len(minute_records)
             events += minute_events
             if len(pending) > 20_000:
@@ -194,7 +218,14 @@ async def _produce(
 
 
 async def replay_fair(
-    settings: Settings, *, scale: float, seed: int, batch: int, speed: float = 0.0, progress: bool = False
+    settings: Settings,
+    *,
+    scale: float,
+    seed: int,
+    batch: int,
+    speed: float = 0.0,
+    progress: bool = False,
+    partitioner: str = "murmur2",
 ) -> ReplayResult:
     """Create the topics if needed and produce the (scaled) OCOP fair to the settings' events topic."""
     profile = scaled(OCOP_FAIR, scale) if scale != 1.0 else OCOP_FAIR
@@ -208,6 +239,7 @@ async def replay_fair(
         batch=batch,
         speed=speed,
         on_minute=progress_printer(minutes) if progress else None,
+        partitioner=partitioner,
     )
 
 

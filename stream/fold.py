@@ -226,6 +226,7 @@ def window_spec(settings: Settings) -> WindowSpec:
         hop_windows=settings.hop_windows,
         dedup_horizon_ms=settings.dedup_horizon_s * 1000,
         idle_timeout_ms=int(settings.idle_timeout_s * 1000),
+        watermark_lead_ms=settings.max_clock_lead_s * 1000,
     )
 
 

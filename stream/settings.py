@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     max_clock_lead_s: int = Field(
         60,
         ge=0,
-        description="a record moves its partition's event-time clock at most this far past its Kafka timestamp",
+        description="a record moves its partition's event-time clock and its livestream's watermark at most this far "
+        "past its Kafka timestamp",
     )
     producer_batch_bytes: int = Field(
         1_048_576, ge=1024, description="largest batch the worker's producer builds per partition (bytes)"

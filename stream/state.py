@@ -113,6 +113,9 @@ class ChannelState(msgspec.Struct):
     """Comments per user in each open 1-minute window (comment-spam memory, dropped when the window closes)."""
     comment_texts: dict[int, dict[str, int]] = msgspec.field(default_factory=dict)
     """Comments per folded text (:func:`stream.alerts.fold_text`) in each open 1-minute window."""
+    watermark_ts_ms: int = -1
+    """The event time the watermark follows: the newest event time, each event's taken at most
+    ``WindowSpec.watermark_lead_ms`` past its record's append time (-1: ``max_ts_ms``, a state stored before)."""
     source: int = -1
     """The events partition the livestream's last record was appended to by its producer (its copy's original
     partition when it arrived forwarded; -1: its state partition). Idleness and partition clocks are judged per
@@ -133,6 +136,9 @@ class WindowSpec:
     hop_windows: int = 5
     dedup_horizon_ms: int = 600_000
     idle_timeout_ms: int = 30_000
+    watermark_lead_ms: int = 5_000
+    """How far past its record's Kafka append time an event's time moves the livestream's watermark (an event
+    stamped further ahead, by a clock that runs fast, still counts in its own window but closes no other)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +300,11 @@ def decode_state(data: bytes) -> ChannelState:
 
 
 def watermark(state: ChannelState, spec: WindowSpec) -> int:
-    """Event-time watermark of a livestream: max event time seen minus allowed lateness (-1 before any event)."""
-    return state.max_ts_ms - spec.lateness_ms if state.max_ts_ms >= 0 else -1
+    """Event-time watermark of a livestream: the newest event time seen (:attr:`ChannelState.watermark_ts_ms`:
+    none counted further than ``watermark_lead_ms`` past its record's append time) minus allowed lateness (-1
+    before any event). One event stamped far ahead therefore does not make the livestream's next events late."""
+    newest = state.watermark_ts_ms if state.watermark_ts_ms >= 0 else state.max_ts_ms
+    return newest - spec.lateness_ms if newest >= 0 else -1
 
 
 def apply_record(
@@ -348,7 +357,7 @@ def apply_record(
             state.duplicate_order_updates += 1
             effects.duplicate_orders += 1
             continue
-        _apply_event(state, event, spec, effects)
+        _apply_event(state, event, spec, effects, event.ts_ms if now_ms < 0 else now_ms + spec.watermark_lead_ms)
         effects.applied_events += 1
     if ids is not None:
         oldest = (state.max_ts_ms - spec.dedup_horizon_ms) // 60_000
@@ -381,15 +390,19 @@ def _order_seen(state: ChannelState, order: Order, orders: OrderBook, offset: in
     return False
 
 
-def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: FoldEffects) -> None:
+def _apply_event(state: ChannelState, event: Event, spec: WindowSpec, effects: FoldEffects, bound_ms: int) -> None:
+    """Fold one event; its time moves the watermark (and reveals a silence before it) only up to ``bound_ms``."""
     ts = event.ts_ms
     if state.first_ts_ms < 0:
         state.first_ts_ms = ts
         state.campaign = event.campaign
     if ts > state.max_ts_ms:
-        if effects.gap_ms and state.max_ts_ms >= 0 and ts - state.max_ts_ms >= effects.gap_ms:
-            effects.gaps.append(Gap(state.channel_id, state.max_ts_ms, ts, state.concurrent, state.ended_ms >= 0))
         state.max_ts_ms = ts
+    bounded, newest = min(ts, bound_ms), state.watermark_ts_ms
+    if bounded > newest:
+        if effects.gap_ms and newest >= 0 and bounded - newest >= effects.gap_ms:
+            effects.gaps.append(Gap(state.channel_id, newest, bounded, state.concurrent, state.ended_ms >= 0))
+        state.watermark_ts_ms = bounded
     state.last_ts_ms = ts
     if state.ended_ms >= 0 and ts > state.ended_ms:
         state.ended_ms = -1  # the livestream restarted

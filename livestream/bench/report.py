@@ -43,6 +43,7 @@ APPENDED_KEYS: Final = (
     "takeover_sigterm_s_standby1",
     "gateway_eps",
     "gateway_p99_ms",
+    "pipeline_crc32_eps",
 )
 
 Figures = Mapping[str, float | int | None]
@@ -85,10 +86,12 @@ def targets(figures: Figures) -> list[Target]:
     """The targets of the issue, evaluated on figures of one run."""
     single, passthrough = _get(figures, "pipeline_single_eps"), _get(figures, "faust_passthrough_eps")
     batch, quix = _get(figures, "pipeline_batch_eps"), _get(figures, "quix_window_eps")
+    crc32 = _get(figures, "pipeline_crc32_eps")
     return [
         Target("pipeline single / quixstreams window", _ratio(single, quix), ">=", 3.0),
         Target("pipeline single events/s per worker", single, ">=", 60_000),
         Target("pipeline single / faust pass-through", _ratio(single, passthrough), ">=", 0.9),
+        Target("pipeline CRC32-placed / single (murmur2)", _ratio(crc32, single), ">=", 0.7),
         Target("pipeline batch events/s per worker", batch, ">=", 150_000),
         Target("pipeline batch / quixstreams window", _ratio(batch, quix), ">=", 1.5),
         Target("p50 event -> Redis at 50% single rate (ms)", _get(figures, "latency_p50_ms"), "<=", 100),
@@ -122,6 +125,7 @@ THROUGHPUT_ROWS: Final = (
     ("faust pass-through (ceiling)", "faust_passthrough"),
     ("quixstreams 1-min window count", "quix_window"),
     ("pipeline, single-event records", "pipeline_single"),
+    ("pipeline, single events placed by CRC32", "pipeline_crc32"),
     ("pipeline, batch envelopes", "pipeline_batch"),
 )
 

@@ -58,6 +58,7 @@ STEPS: Final = (
     "passthrough",
     "quix",
     "single",
+    "crc32",
     "batch",
     "latency",
     "memory",
@@ -153,11 +154,13 @@ class Bench:
 
     # Steps ---------------------------------------------------------------------------------------------------
     def fill(
-        self, namespace: str, scale: float, batch: int, partitions: int | None = None
+        self, namespace: str, scale: float, batch: int, partitions: int | None = None, partitioner: str = "murmur2"
     ) -> tuple[ReplayResult, dict[int, int], dict[int, int]]:
         settings = self.settings(namespace, partitions)
-        log(f"filling {settings.events_topic}: fair at scale {scale}, {batch} event(s) per record")
-        result = asyncio.run(replay_fair(settings, scale=scale, seed=self.options.seed, batch=batch))
+        log(f"filling {settings.events_topic}: fair at scale {scale}, {batch} event(s) per record, {partitioner}")
+        result = asyncio.run(
+            replay_fair(settings, scale=scale, seed=self.options.seed, batch=batch, partitioner=partitioner)
+        )
         begins, ends = asyncio.run(topic_offsets(settings.kafka_client_options(), settings.events_topic))
         if sum(ends.values()) - sum(begins.values()) != result.records:
             raise BenchError(f"{settings.events_topic} holds {sum(ends.values())} records, {result.records} were sent")
@@ -254,6 +257,26 @@ class Bench:
             self.step("passthrough", passthrough)
             self.step("quix", quix)
             self.step("single", single)
+        finally:
+            self.cleanup(namespace)
+
+    def run_crc32_topic(self) -> None:
+        """The pipeline on the single-event fair placed as librdkafka's default partitioner places it (CRC32): most
+        records are forwarded to their livestream's home partition first."""
+        if "crc32" in self.options.skip:
+            return
+        namespace = new_namespace()
+        try:
+
+            def crc32() -> None:
+                from livestream.bench.pipeline import measure_pipeline
+
+                replay, _, _ = self.fill(namespace, self.options.scale, 1, partitioner="crc32")
+                settings = self.settings(namespace)
+                result = measure_pipeline(settings, replay.oracle, OCOP_FAIR.campaign, replay.events, "crc32")
+                self.put("pipeline_crc32", result)
+
+            self.step("crc32", crc32)
         finally:
             self.cleanup(namespace)
 
@@ -455,6 +478,7 @@ class Bench:
         services.up()
         started = time.monotonic()
         self.run_single_topic()
+        self.run_crc32_topic()
         self.run_batch_topic()
         self.run_latency()
         self.run_memory()

@@ -20,7 +20,7 @@ from stream.replay.generator import FairReplay
 from stream.replay.profile import OCOP_FAIR, scaled
 from tests.chaos.test_failures import FAST_IDLE, SCALE, assert_exact
 from tests.chaos.test_several_workers import assert_committed_to_the_end, assert_no_crash
-from tests.support import Pipeline
+from tests.support import Pipeline, parse_metrics
 
 SEED = 43
 
@@ -65,3 +65,7 @@ def test_the_fair_written_by_confluent_kafka_comes_out_exact(pipeline: Pipeline,
     assert_exact(pipeline, replay.oracle, seed=SEED)
     assert_committed_to_the_end(pipeline)
     assert_no_crash(pipeline)
+    if workers == 1:  # one group generation: the worker's counters cover the whole run
+        figures = parse_metrics(pipeline.metrics_text())
+        assert figures["livestream_records_processed_total"] == records, "each record counted once, at its home"
+        assert figures["livestream_misrouted_records_total"] == away, "each record found away from home, once"

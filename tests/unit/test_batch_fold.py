@@ -345,3 +345,27 @@ def test_a_tick_from_the_future_closes_nothing_a_tick_of_now_would_not() -> None
     later = BASE + 1_000 + SPEC.idle_timeout_ms + 1_000
     out = fold.fold([tick(first.partition, 2, later + 3_600_000, healthy_since_ms=-1)], store, now_ms=later)
     assert out.finals, "quiet for longer than the idle timeout at the time the batch runs"
+
+
+def test_one_event_stamped_30_minutes_ahead_makes_no_other_event_late() -> None:
+    """A clock 30 minutes fast (accepted: within the hour of ``max_future``) stamps one event; records are appended
+    when they happen. The livestream's watermark follows event times only up to the lead past each record's
+    append time, so its next events are on time; the early event counts in its own window."""
+    fold, store = new_fold(), MemoryStore()
+    lead = fold.config.spec.watermark_lead_ms
+    assert lead < 30 * 60_000
+    events = [_view(i, BASE + i * 1_000) for i in range(180)]
+    ahead = _view(1_000, BASE + 10_000 + 30 * 60_000)
+    records = []
+    for offset, event in enumerate(events):
+        batch = [event, ahead] if offset == 10 else [event]
+        key = b"c1"
+        appended = BASE + offset * 1_000  # the broker's time: the event's own
+        records.append(Record(home(key), offset, appended, key, _encode(Batch(channel_id="c1", events=batch))))
+    out = fold.fold(records, store, now_ms=BASE + 180_000)
+    assert out.late == [], "no event made late by the one ahead"
+    store.save(out)
+    quiet = BASE + 180_000 + SPEC.idle_timeout_ms
+    closing = fold.fold([tick(home(b"c1"), 180, quiet, -1)], store, now_ms=quiet)
+    minutes = {c.start_ms: c.counters.views for c, _ in out.finals + closing.finals if c.size_ms == SPEC.size_ms}
+    assert minutes == {BASE: 60, BASE + 60_000: 60, BASE + 120_000: 60, BASE + 30 * 60_000: 1}

@@ -119,12 +119,14 @@ def test_targets_are_ratios_of_the_same_run() -> None:
         "fair_replay_seconds": None,
         "gateway_eps": 49_000.0,
         "gateway_p99_ms": 50.0,
+        "pipeline_crc32_eps": 43_000.0,
     }
     verdicts = {t.name: t.met for t in targets(figures)}
     assert verdicts == {
         "pipeline single / quixstreams window": False,  # 0.62 < 3
         "pipeline single events/s per worker": True,
         "pipeline single / faust pass-through": True,  # 6.2 >= 0.9
+        "pipeline CRC32-placed / single (murmur2)": False,  # 0.69 < 0.7
         "pipeline batch events/s per worker": True,
         "pipeline batch / quixstreams window": True,  # 1.6 >= 1.5
         "p50 event -> Redis at 50% single rate (ms)": True,

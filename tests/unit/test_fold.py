@@ -267,10 +267,11 @@ def test_ids_stored_by_a_lost_state_change_do_not_hide_the_redo() -> None:
 
 def test_idle_watermark_closes_the_last_window_after_the_timeout() -> None:
     state = ChannelState(channel_id="c1")
-    apply_record(state, [_view(1, BASE + 30_000)], 0, 0, SPEC, FoldEffects(), now_ms=1_000_000)
-    assert idle_watermark(state, SPEC, now_ms=1_000_000 + SPEC.idle_timeout_ms - 1) == BASE + 30_000
-    assert close_windows(state, idle_watermark(state, SPEC, 1_000_000 + 29_999), SPEC) == []
-    later = 1_000_000 + SPEC.idle_timeout_ms  # idle: every window holding the newest event closes
+    wall = BASE + 30_000  # appended when it happened
+    apply_record(state, [_view(1, BASE + 30_000)], 0, 0, SPEC, FoldEffects(), now_ms=wall)
+    assert idle_watermark(state, SPEC, now_ms=wall + SPEC.idle_timeout_ms - 1) == BASE + 30_000
+    assert close_windows(state, idle_watermark(state, SPEC, wall + 29_999), SPEC) == []
+    later = wall + SPEC.idle_timeout_ms  # idle: every window holding the newest event closes
     closed = close_windows(state, idle_watermark(state, SPEC, later), SPEC)
     assert [(w.start_ms, w.size_ms) for w in closed] == [(BASE, 60_000)] + [
         (BASE - 240_000 + i * 60_000, 300_000) for i in range(5)
