@@ -32,9 +32,10 @@ def show_alerts(settings: Settings, *, history: bool, as_json: bool) -> int:
     if as_json:
         print(json.dumps(alerts))
         return len(alerts)
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from livestream.render import console
 
     title = "alert transitions (alerts topic)" if history else "active alerts (Redis)"
     table = Table(title=Text(f"{settings.namespace}: {title}"))
@@ -46,5 +47,5 @@ def show_alerts(settings: Settings, *, history: bool, as_json: bool) -> int:
         # Subjects and summaries hold ids (any text): plain Text, never rich markup.
         cells = (at, alert["rule"], subject, alert["status"], alert["severity"], alert["summary"])
         table.add_row(*(Text(str(cell)) for cell in cells))
-    Console().print(table)
+    console().print(table)
     return len(alerts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ services_app = typer.Typer(help="Local real services: Kafka (KRaft) and Redis.",
 app.add_typer(services_app, name="services")
 dlq_app = typer.Typer(help="Dead letters: records that could not be decoded or validated.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
-gateway_app = typer.Typer(help="HTTP ingestion gateway: POST /v1/events into the events topic.")
+gateway_app = typer.Typer()
 app.add_typer(gateway_app, name="gateway")
 
 
@@ -87,7 +88,10 @@ def services_status() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run a processing worker (faust) in the foreground: fold events, mirror to Redis, serve /metrics."""
+    """Run a processing worker (faust) in the foreground: fold events, mirror to Redis, serve /metrics.
+
+    Configured by LIVESTREAM_* environment variables (and the global options before the command):
+    `livestream settings` lists every one with its default, its current value and what it does."""
     from agents.worker import run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # faust parses argv; our flags are already applied
@@ -266,7 +270,7 @@ def stats(
     import redis
 
     from livestream import readback
-    from livestream.render import channel_table
+    from livestream.render import channel_table, console
 
     settings = _State.settings()
     client = redis.Redis.from_url(settings.redis_url)
@@ -277,9 +281,7 @@ def stats(
         totals = readback.read_campaign(client, settings.redis_prefix, name)
         out[name] = {"totals": totals, "channels": channels}
         if not as_json:
-            from rich.console import Console
-
-            Console().print(channel_table(name, channels, totals))
+            console().print(channel_table(name, channels, totals))
     if as_json:
         print(json.dumps(out))
     elif not names:
@@ -307,11 +309,52 @@ def status(
     once: Annotated[bool, typer.Option("--once", help="render once and exit")] = False,
 ) -> None:
     """The board's live table in the terminal, from Redis: fair totals, alerts, every livestream (every second)."""
-    from livestream.status import SORTS, run_status
+    from livestream.status import SORTS, run_status, with_data
 
     if sort not in SORTS:
         raise typer.BadParameter(f"one of {', '.join(SORTS)}", param_hint="--sort")
-    raise typer.Exit(run_status(_State.settings(), campaign=campaign, sort=sort, ascending=ascending, once=once))
+    settings = _State.settings()
+    if "namespace" not in _State.overrides and "LIVESTREAM_NAMESPACE" not in os.environ:
+        settings = with_data(settings, campaign)
+    raise typer.Exit(run_status(settings, campaign=campaign, sort=sort, ascending=ascending, once=once))
+
+
+@app.command("settings")
+def settings_command(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per setting, one per line")] = False,
+) -> None:
+    """Every setting: its environment variable, default, current value (environment and global options applied)
+    and what it does. Secrets (passwords, tokens) are shown as set or not set."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from livestream.render import console
+
+    current = _State.settings()
+    rows = []
+    for name, field in Settings.model_fields.items():
+        value = getattr(current, name)
+        secret = any(word in name for word in ("password", "token", "secret"))
+        shown = ("set" if value else "not set") if secret else value
+        default = None if secret else field.default
+        rows.append(
+            {
+                "env": f"LIVESTREAM_{name.upper()}",
+                "default": str(default) if default is not None else "",
+                "value": str(shown) if shown is not None else "",
+                "description": field.description or "",
+            }
+        )
+    if as_json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    table = Table(title="settings (environment variables)")
+    for column in ("env", "default", "value", "description"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(row[column]) for column in ("env", "default", "value", "description")))
+    console().print(table)
 
 
 @app.command()
@@ -347,8 +390,9 @@ def dlq_inspect(
         for record in shown:
             print(json.dumps(record.summary()))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from livestream.render import console as table_console
 
     table = Table(title=f"{settings.dlq_topic}: {len(records)} dead letters, showing {len(shown)}")
     for column in ("dlq_offset", "error", "source", "key", "bytes", "message", "value"):
@@ -358,7 +402,7 @@ def dlq_inspect(
         table.add_row(
             *[str(row[c])[:60] for c in ("dlq_offset", "error", "source", "key", "bytes", "message", "value")]
         )
-    console = Console()
+    console = table_console()
     console.print(table)
     console.print(dict(Counter(r.headers.get("error", "") for r in records)))
 
@@ -384,8 +428,10 @@ def dlq_replay(
 
 @gateway_app.callback(invoke_without_command=True)
 def gateway(ctx: typer.Context) -> None:
-    """Run the ingestion gateway in the foreground (LIVESTREAM_GATEWAY_HOST/PORT, sources from
-    LIVESTREAM_GATEWAY_TOKENS_FILE and/or LIVESTREAM_GATEWAY_TOKENS)."""
+    """HTTP ingestion gateway: POST /v1/events into the events topic.
+
+    `livestream gateway` (no command) runs it in the foreground: LIVESTREAM_GATEWAY_HOST/PORT, sources from
+    LIVESTREAM_GATEWAY_TOKENS_FILE and/or LIVESTREAM_GATEWAY_TOKENS (`livestream settings` lists them all)."""
     if ctx.invoked_subcommand is not None:
         return
     from livestream.gateway import run_gateway
@@ -406,7 +452,7 @@ def gateway_hash_token(
         bool, typer.Option("--generate", help="make a new random token and print it once (else read it from stdin)")
     ] = False,
 ) -> None:
-    """Print the SHA-256 of a bearer token as a [sources.NAME] table for the tokens file.
+    """Print the SHA-256 of a bearer token as a \\[sources.NAME] table for the tokens file.
 
     The token is read from standard input (never a flag, so it stays out of the shell history and process list),
     or made up with --generate and printed to stderr once: only the hash is stored.

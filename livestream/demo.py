@@ -98,7 +98,8 @@ def _run_demo(
         wait_http(f"http://127.0.0.1:{settings.web_port}/api/totals", 120, worker)
         log(
             f"worker up (namespace {namespace}); ops board http://127.0.0.1:{settings.web_port}/ , "
-            f"metrics http://127.0.0.1:{settings.web_port}/metrics; replaying the fair"
+            f"metrics http://127.0.0.1:{settings.web_port}/metrics, terminal table: "
+            f".venv/bin/livestream --namespace {namespace} status; replaying the fair"
         )
         started = time.monotonic()
         try:
@@ -166,12 +167,12 @@ def _serve(
     settings: Settings, campaign: str, expected: dict[str, int], totals: dict[str, int], elapsed: float, events: int
 ) -> None:
     """Print the counters, then refresh them every 2 s until Ctrl-C or SIGTERM (which exit 130 / 143)."""
-    from rich.console import Console
     from rich.live import Live
 
     from livestream.render import channel_table
+    from livestream.render import console as table_console
 
-    console = Console()
+    console = table_console()
     client = redis.Redis.from_url(settings.redis_url)
     channels = readback.read_channels(client, settings.redis_prefix, campaign)
     full = readback.read_campaign(client, settings.redis_prefix, campaign)

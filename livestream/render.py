@@ -6,13 +6,28 @@ through rich's markup parser; only numeric columns are formatted as numbers.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 _INTEGER = re.compile(r"-?[0-9]+")
+
+WIDE_OUTPUT_COLUMNS = 200
+"""Width of tables written to a file or a pipe (rich would use 80 and cut every cell)."""
+
+
+def console() -> Console:
+    """A console for tables: the terminal's width on a terminal (or ``COLUMNS``), else :data:`WIDE_OUTPUT_COLUMNS`."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=WIDE_OUTPUT_COLUMNS)
+
+
 TEXT_COLUMNS = frozenset({"channel_id", "creators", "active_alerts"})
 
 

@@ -6,6 +6,7 @@ Ids are any text, so they go into the table as :class:`rich.text.Text`, never th
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -32,6 +33,46 @@ def spark(values: list[int]) -> str:
     if peak <= 0:
         return BLOCKS[1] * len(values)
     return "".join(BLOCKS[max(1, round(8 * v / peak))] if v > 0 else BLOCKS[1] for v in values)
+
+
+async def namespaces_with_campaigns(redis_url: str) -> list[str]:
+    """Namespaces whose campaigns are in Redis (a ``<namespace>:campaigns`` set that is not empty), the most recent
+    demo first (``demo<unix time>``), then by name."""
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        found = []
+        async for key in client.scan_iter(match="*:campaigns", count=1000):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if await client.scard(name):
+                found.append(name.removesuffix(":campaigns"))
+    finally:
+        await client.aclose()
+
+    def recency(namespace: str) -> tuple[int, int, str]:
+        digits = namespace.removeprefix("demo")
+        is_demo = namespace.startswith("demo") and digits.isdigit()
+        return (1 if is_demo else 0, int(digits) if is_demo else 0, namespace)
+
+    return sorted(found, key=recency, reverse=True)
+
+
+def with_data(settings: Settings, campaign: str | None) -> Settings:
+    """``settings``, or, when its namespace holds no campaign in Redis and another one does (each demo run has a
+    namespace of its own), the settings of that namespace (the most recent demo first), said on stderr."""
+    try:
+        if asyncio.run(read_status(settings, campaign)) is not None:
+            return settings
+        others = [n for n in asyncio.run(namespaces_with_campaigns(settings.redis_url)) if n != settings.namespace]
+    except (OSError, aioredis.RedisError):
+        return settings  # the screen shows the outage
+    if not others:
+        return settings
+    print(
+        f"no campaign under namespace {settings.namespace!r}; showing {others[0]!r} "
+        f"(others: {', '.join(others[1:]) or 'none'}; choose with --namespace)",
+        file=sys.stderr,
+    )
+    return settings.model_copy(update={"namespace": others[0]})
 
 
 async def read_status(settings: Settings, campaign: str | None = None) -> dict[str, Any] | None:

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     namespace: str = Field("livestream", description="prefix of topic names, the consumer group and Redis keys")
     data_dir: Path = Field(Path(".cache/worker"), description="worker state (RocksDB tables) root")
     web_port: int = Field(6066, description="worker HTTP port: /metrics, /api/*, the ops board")
-    web_host: str = "127.0.0.1"
+    web_host: str = Field("127.0.0.1", description="address the worker's HTTP server (board, API, /metrics) binds")
 
     # Topology.
     partitions: int = Field(
@@ -163,7 +163,7 @@ class Settings(BaseSettings):
         10.0, gt=0, description="longest wait for Kafka to acknowledge a request's events (503 after)"
     )
 
-    log_level: str = "info"
+    log_level: str = Field("info", description="log level: debug, info, warning or error")
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments for every aiokafka client (producer, consumer, admin): bootstrap and security.

@@ -432,15 +432,24 @@ def worker_health(port: int, timeout: float = 2.0) -> WorkerHealth | None:
 
 LOG_PROBLEMS = ("Traceback", "KeyError", "failed", "ERROR", "CRITICAL")
 
+BENIGN_LOG_LINES = (
+    "because it is rebalancing",
+    "generation id is not  current",
+    "local member_id was not recognized",
+)
+"""Warnings the Kafka client writes while a group rebalances (the member rejoins): expected, not problems."""
 
-def log_problems(paths: Iterable[Path], markers: Sequence[str] = LOG_PROBLEMS) -> list[str]:
-    """Lines of the logs holding one of ``markers`` (case-sensitive), as ``<file>: <line>``."""
+
+def log_problems(
+    paths: Iterable[Path], markers: Sequence[str] = LOG_PROBLEMS, benign: Sequence[str] = BENIGN_LOG_LINES
+) -> list[str]:
+    """Lines of the logs holding one of ``markers`` (case-sensitive) and none of ``benign``, as ``<file>: <line>``."""
     found: list[str] = []
     for path in paths:
         if not path.exists():
             continue
         for line in path.read_text(errors="replace").splitlines():
-            if any(marker in line for marker in markers):
+            if any(marker in line for marker in markers) and not any(ok in line for ok in benign):
                 found.append(f"{path.name}: {line.strip()}")
     return found
 

@@ -236,3 +236,21 @@ def test_status_renders_the_fair_in_the_terminal(fair: tuple[Pipeline, Oracle]) 
     console.print(render_status(view, "orders", ascending=True))
     ids = [line.split("│")[1].strip() for line in console.export_text().splitlines() if "ocop-live-" in line]
     assert ids == sorted(oracle.channels, key=lambda c: (oracle.channels[c].orders_paid, c))
+
+
+def test_status_without_a_namespace_finds_one_with_a_campaign(fair: tuple[Pipeline, Oracle]) -> None:
+    """``livestream status`` in another terminal during ``make demo`` (its own namespace): a namespace with no
+    campaign in Redis gives way to one that has some; a namespace with its own campaign is kept."""
+    import asyncio
+
+    from livestream.status import namespaces_with_campaigns, with_data
+
+    pipe, _ = fair
+    settings = pipe.settings()
+    found = asyncio.run(namespaces_with_campaigns(settings.redis_url))
+    assert settings.namespace in found
+    assert with_data(settings, None) is settings
+    empty = settings.model_copy(update={"namespace": f"{settings.namespace}-empty"})
+    chosen = with_data(empty, None)
+    assert chosen.namespace != empty.namespace and chosen.namespace in found
+    assert asyncio.run(read_status(chosen)) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -289,3 +290,15 @@ def test_bench_steps_include_scaling_and_takeover() -> None:
     from livestream.bench.runner import STEPS
 
     assert {"scaling", "takeover"} <= set(STEPS)
+
+
+def test_rebalance_heartbeat_warnings_are_not_log_problems(tmp_path: Path) -> None:
+    from livestream.bench.common import log_problems
+
+    log = tmp_path / "worker.log"
+    log.write_text(
+        "[WARNING] Heartbeat failed for group ns-worker because it is rebalancing\n"
+        "[ERROR] Heartbeat failed: KafkaConnectionError()\n"
+        "[INFO] all good\n"
+    )
+    assert log_problems([log]) == ["worker.log: [ERROR] Heartbeat failed: KafkaConnectionError()"]

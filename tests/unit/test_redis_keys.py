@@ -272,3 +272,19 @@ def test_redis_refusing_every_write_keeps_the_work_for_the_next_tick(error: Exce
     assert live.dirty == {"ok", "bad"}
     assert set(live.pending_viewers) == {"ok", "bad"}
     assert len(live.pending_closed) == 2
+
+
+def test_tables_written_to_a_pipe_are_not_cut_to_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make demo`` without a terminal (CI, a log file): the end table keeps its cells whole."""
+    from livestream.render import WIDE_OUTPUT_COLUMNS, channel_table, console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: False, raising=False)
+    out = console()
+    assert out.width == WIDE_OUTPUT_COLUMNS
+    channels = {"ocop-live-01": {"views": 123_456, "orders_paid": 12, "gmv_vnd": 1_234_567_890, "creators": "x"}}
+    totals = {"livestreams": 1, "creators": 1, "views": 123_456, "orders_paid": 12, "gmv_vnd": 1_234_567_890}
+    with out.capture() as captured:
+        out.print(channel_table("ocop-bac-giang-2023", channels, totals))
+    text = captured.get()
+    assert "ocop-live-01" in text and "1,234,567,890" in text
