@@ -154,6 +154,8 @@ class CampaignAggregator(ChunkProcessor):
         for change in alerts:
             if change.status == "firing":
                 self.live.alerts_fired[change.rule] += 1
+        if alerts:
+            self.live.add_transitions([alert_record(change, now_ms) for change in alerts])
         if state.dropped_windows > dropped_before:
             log.warning(
                 "campaign input: %d livestream window(s) for minutes older than every kept emitted minute of their "

@@ -333,6 +333,8 @@ class Fold(ChunkProcessor):
                 live.alerts_fired[change.rule] += 1
             elif change.channel_id:
                 live.resolved_at[change.alert_id] = change.at_ms
+        if output.alert_changes:
+            live.add_transitions([alert_record(change, int(now_s * 1000)) for change, _ in output.alert_changes])
         if live.dirty or live.pending_closed:
             live.changed.set()
 

@@ -141,6 +141,8 @@ class RedisMirror:
         self._failing = False
         self._campaigns_with_alerts: dict[str, AlertRecord] = {}
         self._alerts_written: dict[str, AlertRecord] = {}
+        self._firing_records: dict[str, AlertRecord] = {}
+        """Firing records written to the history by :meth:`_write_history`, by alert id, until resolved."""
         """Active livestream alerts this mirror wrote, by ``rule|subject`` field: one missing later resolved."""
         self._reported: set[str] = set()
 
@@ -150,15 +152,26 @@ class RedisMirror:
         dirty, viewers, closed = self.live.take_dirty()
         campaign_windows, self.live.pending_campaign = self.live.pending_campaign, []
         campaign_alerts, self.live.campaign_alerts_dirty = self.live.campaign_alerts_dirty, False
-        if not dirty and not viewers and not closed and not campaign_windows and not campaign_alerts:
+        transitions, self.live.alert_transitions = self.live.alert_transitions, []
+        if (
+            not dirty
+            and not viewers
+            and not closed
+            and not campaign_windows
+            and not campaign_alerts
+            and not transitions
+        ):
             return
         try:
+            await self._write_history(transitions)
             await self._write(dirty, viewers, closed)
             await self._write_campaign(campaign_windows, campaign_alerts)
         except Exception as exc:
             self.live.restore(dirty, viewers, closed)
             self.live.pending_campaign = campaign_windows + self.live.pending_campaign
             self.live.campaign_alerts_dirty |= campaign_alerts
+            self.live.alert_transitions, newer = [], self.live.alert_transitions
+            self.live.add_transitions(transitions + newer)
             self.live.redis_errors += 1
             if not self._failing:
                 log.warning("Redis write failed, will retry every tick: %r", exc)
@@ -338,6 +351,30 @@ class RedisMirror:
         for channel_id, pending in windows_written.items():
             if live.pending_windows.get(channel_id) is pending:  # not replaced by a newer state meanwhile
                 del live.pending_windows[channel_id]
+
+    async def _write_history(self, transitions: list[AlertRecord]) -> None:
+        """Every transition into the alert history, in order: a firing record as it is, a resolution as its
+        alert's firing record marked resolved at the resolution's event time (the resolution record itself when
+        the firing one is not known here). Written before the state, whose diff rewrites the same entries."""
+        if not transitions:
+            return
+        keys, batch = self.keys, _Batch(self.client)
+        history_key = keys.alert_history()
+        firing = dict(self._firing_records)
+        for record in transitions:
+            if record.status == "firing":
+                firing[record.alert_id] = record
+                entry = history_entry(record)
+            else:
+                entry = history_entry(firing.pop(record.alert_id, record), record.at_ms, resolved=True)
+            batch.on(history_key).hset(history_key, record.alert_id, entry)
+            if len(batch) >= PIPELINE_CHUNK:
+                await self._run(batch)
+                batch = _Batch(self.client)
+        batch.on(history_key).expire(history_key, WINDOW_TTL_S)
+        await self._run(batch)
+        # Kept only once written; alerts resolved while another worker owned them are not needed here.
+        self._firing_records = firing if len(firing) <= REPORTED_KEYS_MAX else {}
 
     async def _refused_keys(self, batch: _Batch) -> set[str]:
         """Execute ``batch``; the keys of its commands that were refused."""

@@ -19,6 +19,9 @@ from schemas.stats import WindowStats
 from stream.alerts import RULES, ActiveAlert
 from stream.state import COUNTER_FIELDS, ChannelState, Counters
 
+MAX_PENDING_TRANSITIONS = 10_000
+"""Alert transitions kept for the alert history while Redis cannot be written."""
+
 
 class ChannelView(msgspec.Struct, gc=False):
     """What the serving side needs of a livestream (a few hundred bytes; the full state carries kilobytes of
@@ -106,6 +109,10 @@ class LiveSnapshot:
     campaign_alerts: dict[str, dict[str, AlertRecord]] = field(default_factory=dict)
     """Active campaign alerts by campaign and rule (owned by the worker running the campaign aggregator)."""
     campaign_alerts_dirty: bool = False
+    alert_transitions: list[AlertRecord] = field(default_factory=list)
+    """Every alert transition (livestream and campaign, firing and resolved) published here and not yet written to
+    the alert history, in order: an alert that fired and resolved between two Redis writes is in the history too.
+    Bounded by :data:`MAX_PENDING_TRANSITIONS` (the oldest are dropped while Redis is away that long)."""
     resolved_at: dict[str, int] = field(default_factory=dict)
     """Event time (``at_ms``) of each livestream alert resolution not yet written to the alert history, by alert
     id; the Redis mirror takes them."""
@@ -185,6 +192,13 @@ class LiveSnapshot:
         for channel_id, ids in viewers.items():
             self.pending_viewers.setdefault(channel_id, []).extend(ids)
         self.pending_closed = closed + self.pending_closed
+
+    def add_transitions(self, records: list[AlertRecord]) -> None:
+        """Queue alert transitions for the history (see :attr:`alert_transitions`)."""
+        self.alert_transitions.extend(records)
+        excess = len(self.alert_transitions) - MAX_PENDING_TRANSITIONS
+        if excess > 0:
+            del self.alert_transitions[:excess]
 
     def drop_partitions(self, partitions: set[int]) -> None:
         """Forget channels of partitions this worker no longer owns."""

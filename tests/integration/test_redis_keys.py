@@ -326,3 +326,65 @@ def test_alerts_command_prints_ids_as_text(settings: Settings, capsys: Any, monk
     out = capsys.readouterr().out
     assert "[/oops] is silent" in out
     assert "campaign {x}" in out
+
+
+def test_alerts_that_fire_and_resolve_between_two_writes_are_in_the_history(settings: Settings) -> None:
+    """Catch-up (or a fast replay) folds a milestone's firing and its resolution into one batch: the state that
+    reaches Redis has no active alert, and the history still gets the alert, resolved at its resolution's time.
+    A livestream alert resolved in a later write keeps its firing record's figures."""
+    from schemas.alerts import AlertRecord
+    from stream.alerts import alert_id
+
+    milestone = AlertRecord(
+        alert_id=alert_id("gmv_milestone", "fair {1}", T0),
+        rule="gmv_milestone",
+        status="firing",
+        severity="info",
+        channel_id="",
+        campaign="fair {1}",
+        window_start_ms=T0,
+        at_ms=T0 + MINUTE,
+        value=100_500_000.0,
+        threshold=100_000_000.0,
+        summary="fair {1} passed 100,000,000 VND",
+        emitted_at_ms=1,
+    )
+    silent = msgspec.structs.replace(
+        milestone,
+        alert_id=alert_id("stream_down", "live [a]", T0),
+        rule="stream_down",
+        severity="page",
+        channel_id="live [a]",
+        value=95.0,
+        threshold=60.0,
+        summary="live [a] is silent",
+    )
+    live = LiveSnapshot()
+    live.add_transitions(
+        [milestone, msgspec.structs.replace(milestone, status="resolved", at_ms=T0 + 2 * MINUTE, value=0.0), silent]
+    )
+
+    async def write_and_read(more: list[AlertRecord]) -> list[dict[str, Any]]:
+        mirror = RedisMirror(settings, live)
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await mirror.flush()
+            live.add_transitions(more)
+            await mirror.flush()
+            return await FairReader(client, settings).alert_history()
+        finally:
+            await mirror.close()
+            await client.aclose()
+
+    resolution = msgspec.structs.replace(silent, status="resolved", at_ms=T0 + 3 * MINUTE, value=0.0, summary="back")
+    history = {entry["alert_id"]: entry for entry in asyncio.run(write_and_read([resolution]))}
+    assert set(history) == {milestone.alert_id, silent.alert_id}
+    first = history[milestone.alert_id]
+    assert (first["status"], first["resolved_at_ms"], first["value"]) == ("resolved", T0 + 2 * MINUTE, 100_500_000.0)
+    second = history[silent.alert_id]
+    assert (second["status"], second["resolved_at_ms"], second["summary"]) == (
+        "resolved",
+        T0 + 3 * MINUTE,
+        silent.summary,
+    )
+    assert live.alert_transitions == []
