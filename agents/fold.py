@@ -323,6 +323,7 @@ class Fold(ChunkProcessor):
         live.windows_closed += len(output.finals)
         live.records_processed += counters.records
         live.events_processed += counters.applied_events
+        live.counted.merge(counters.applied)
         live.redelivered_records += counters.redelivered_records
         live.duplicate_events += counters.duplicate_events
         live.duplicate_order_updates += counters.duplicate_orders

@@ -2,8 +2,11 @@
 
 Nothing is recorded per event; every value is read from :class:`LiveSnapshot` when Prometheus scrapes.
 
-- Fair-wide series are unlabelled sums over the livestreams this worker owns (``sum()`` them across workers).
-  Counters end in ``_total``; money is in VND (``_vnd``).
+- Fair-wide series, unlabelled, two of each: ``livestream_<x>_total`` counts what this worker process applied
+  itself (views, orders, GMV...): monotonic for the life of the process, whatever partitions it gains or loses, so
+  ``sum(rate(...))`` across workers is the fair's rate; ``livestream_owned_<x>`` is the gauge of the stream-to-date
+  totals of the livestreams the worker owns now (``sum()`` across workers is the fair's total once every partition
+  is owned). Money is in VND (``_vnd``).
 - Per-livestream series are gauges of stream-to-date values for the top K livestreams by GMV plus one
   ``channel="other"`` series summing the rest, so label cardinality stays at K + 1 however many streams run.
   They are gauges, not counters, because a stream can move between its own series and ``other``.
@@ -31,7 +34,7 @@ from agents.health import DEFAULT_STALL_AFTER_S, readiness, stall_after, stalled
 from stream.decode import DEAD_LETTER_REASONS
 from stream.settings import Settings
 from stream.snapshot import LiveSnapshot
-from stream.state import COUNTER_FIELDS, Counters, average_order_value
+from stream.state import Counters, average_order_value
 
 FAIR_COUNTERS: dict[str, tuple[str, str]] = {
     "views": ("livestream_views", "Viewer entries into livestreams"),
@@ -47,6 +50,21 @@ FAIR_COUNTERS: dict[str, tuple[str, str]] = {
     "items_sold": ("livestream_items_sold", "Items in paid orders"),
     "gmv_vnd": ("livestream_gmv_vnd", "Gross merchandise value of paid orders, VND"),
 }
+FAIR_FIELDS = (
+    "views",
+    "leaves",
+    "comments",
+    "likes",
+    "shares",
+    "add_to_carts",
+    "orders_placed",
+    "orders_paid",
+    "orders_cancelled",
+    "orders_refunded",
+    "items_sold",
+    "gmv_vnd",
+)
+"""The fair figures served twice: counted by this process (counter) and owned now (gauge ``livestream_owned_*``)."""
 CHANNEL_GAUGES = ("views", "orders_paid", "gmv_vnd", "comments", "likes", "add_to_carts")
 
 
@@ -76,10 +94,17 @@ class SnapshotCollector(Collector):
     def _fair(self) -> Iterator[Metric]:
         live = self.live
         totals = live.totals()
-        for name in COUNTER_FIELDS:
-            if name in FAIR_COUNTERS:
-                metric, doc = FAIR_COUNTERS[name]
-                yield CounterMetricFamily(metric, doc, value=getattr(totals, name))
+        for name in FAIR_FIELDS:
+            metric, doc = FAIR_COUNTERS[name]
+            yield CounterMetricFamily(metric, f"{doc} counted by this worker", value=getattr(live.counted, name))
+        yield from (
+            GaugeMetricFamily(
+                f"livestream_owned_{name}",
+                f"{FAIR_COUNTERS[name][1]}, stream-to-date, of the livestreams this worker owns",
+                value=getattr(totals, name),
+            )
+            for name in FAIR_FIELDS
+        )
         yield GaugeMetricFamily(
             "livestream_concurrent_viewers", "Viewers currently watching", value=live.concurrent_viewers()
         )

@@ -180,9 +180,9 @@ def _serve(
     metrics = read_metrics(settings.web_port)
     console.print(
         f"Redis totals  {json.dumps(totals)}\n"
-        f"/metrics      views={metrics.get('livestream_views_total', 0):,.0f} "
-        f"orders={metrics.get('livestream_orders_paid_total', 0):,.0f} "
-        f"gmv_vnd={metrics.get('livestream_gmv_vnd_total', 0):,.0f}\n"
+        f"/metrics      views={metrics.get('livestream_owned_views', 0):,.0f} "
+        f"orders={metrics.get('livestream_owned_orders_paid', 0):,.0f} "
+        f"gmv_vnd={metrics.get('livestream_owned_gmv_vnd', 0):,.0f}\n"
         f"oracle        {json.dumps(expected)}  -> {'EXACT' if totals == expected else 'MISMATCH'}\n"
         f"{events:,} events in {elapsed:.1f} s ({events / elapsed:,.0f} events/s)\n"
         f"ops board: http://127.0.0.1:{settings.web_port}/   also /metrics /api/board /api/totals   (Ctrl-C to stop)"

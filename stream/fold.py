@@ -44,6 +44,7 @@ from stream.settings import Settings
 from stream.snapshot import ChannelView, ClosedWindow
 from stream.state import (
     ChannelState,
+    Counters,
     FoldEffects,
     IdBucket,
     IdRow,
@@ -252,6 +253,9 @@ class BatchCounters:
     duplicate_events: int = 0
     duplicate_orders: int = 0
     misrouted_records: int = 0
+    applied: Counters = field(default_factory=Counters)
+    """What the batch added to its livestreams' stream-to-date counters (views, orders, GMV...): the increments this
+    worker counted itself, so a worker's sum of them only grows, whatever partitions it gains or loses."""
 
 
 @dataclass
@@ -433,6 +437,8 @@ class _Batch:
         self.now_ms = now_ms
         self.effects = FoldEffects(gap_ms=stream_down_gap_ms(config.rules))
         self.touched: dict[str, ChannelState] = {}
+        self.totals_before: dict[str, Counters] = {}
+        """Stream-to-date counters of each touched livestream as the batch found them."""
         self.out = BatchOutput()
         self.partition = 0  # the partition of the record being folded: where its dedup and order rows live
         if len(fold.id_cache) > ID_CACHE_BUCKETS:
@@ -450,6 +456,7 @@ class _Batch:
         if found is None:
             stored = self.store.state(channel_id, partition)
             found = self.touched[channel_id] = stored or ChannelState(channel_id=channel_id)
+            self.totals_before[channel_id] = msgspec.structs.replace(found.totals)
         return found
 
     def record(self, record: SourceRecord) -> None:
@@ -607,6 +614,12 @@ class _Batch:
         out.viewers = effects.viewers
         out.late = effects.late
         counters = out.counters
+        applied, before = counters.applied, self.totals_before
+        for channel_id in effects.touched:
+            changed = touched.get(channel_id)
+            if changed is not None:
+                applied.merge(changed.totals)
+                applied.subtract(before[channel_id])
         counters.applied_events = effects.applied_events
         counters.redelivered_records = effects.redelivered_records
         counters.duplicate_events = effects.duplicate_events

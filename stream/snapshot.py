@@ -136,6 +136,9 @@ class LiveSnapshot:
     # Pipeline counters (monotonic for the life of the process).
     records_processed: int = 0
     events_processed: int = 0
+    counted: Counters = field(default_factory=Counters)
+    """What this process added to stream-to-date counters (:attr:`stream.fold.BatchCounters.applied`): it only
+    grows, whatever partitions come and go (``/metrics`` serves it as the ``_total`` counters)."""
     redelivered_records: int = 0
     late_events: int = 0
     duplicate_events: int = 0

@@ -55,6 +55,11 @@ class Counters(msgspec.Struct, gc=False):
         for name in COUNTER_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
+    def subtract(self, other: Counters) -> None:
+        """Take ``other`` out of ``self`` (the increments between two readings of one livestream's counters)."""
+        for name in COUNTER_FIELDS:
+            setattr(self, name, getattr(self, name) - getattr(other, name))
+
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in COUNTER_FIELDS}
 

@@ -6,14 +6,17 @@ committed offsets reach the end of every partition; no worker's processing loop 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import signal
+import threading
 import time
 
 import pytest
 
 from agents.freeze import EXIT_FROZEN
 from tests.chaos.test_failures import FAST_IDLE, SCALE, BackgroundReplay, assert_exact
-from tests.support import Pipeline
+from tests.support import Pipeline, parse_metrics, wait_until
 
 CRASH_SIGNS = (
     "processing loop failed",
@@ -158,3 +161,49 @@ def test_a_worker_paused_past_its_session_timeout_comes_back(pipeline: Pipeline,
     assert_exact(pipeline, result.oracle, seed=35, scale=SCALE)
     assert_committed_to_the_end(pipeline)
     assert_no_crash(pipeline)
+
+
+@pytest.mark.slow
+def test_a_scraped_workers_counters_never_go_down_across_rebalances(pipeline: Pipeline) -> None:
+    """Worker 0 is scraped every 200 ms while a second worker joins (its partitions are revoked, some come back)
+    and leaves again: every counter it serves only grows (what ``rate()`` and ``increase()`` expect), and once it
+    owns every partition again its owned gauges are the fair's totals."""
+    pipeline.extra_env.update(FAST_IDLE)
+    pipeline.start_worker(index=0)
+    port = pipeline.ports[0]
+    samples: list[dict[str, float]] = []
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                samples.append(parse_metrics(pipeline.metrics_text(port)))
+            time.sleep(0.2)
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        replay = BackgroundReplay(pipeline, seed=35, batch=1)
+        replay.at(0.3)
+        pipeline.start_worker(index=1)
+        replay.at(0.7)
+        pipeline.stop_worker(pipeline.workers[1], signal.SIGTERM)
+        result = replay.join()
+        assert_exact(pipeline, result.oracle, seed=35, scale=SCALE)
+    finally:
+        stop.set()
+        scraper.join(10)
+    summary = result.oracle.summary()
+    wait_until(
+        lambda: parse_metrics(pipeline.metrics_text(port)).get("livestream_owned_views") == summary["views"],
+        60,
+        "worker 0's owned views equal to the fair's",
+    )
+    assert len(samples) > 20
+    counters = sorted({name for sample in samples for name in sample if "_total" in name})
+    assert "livestream_views_total" in counters and "livestream_gmv_vnd_total" in counters
+    for earlier, later in itertools.pairwise(samples):
+        went_down = [n for n in counters if later.get(n, 0.0) < earlier.get(n, 0.0)]
+        assert not went_down, f"counters went down between two scrapes: {went_down}"
+    last = samples[-1]
+    assert 0 < last["livestream_views_total"] <= summary["views"], "what worker 0 applied itself, no more"

@@ -169,6 +169,7 @@ def summarize(outputs: list[BatchOutput], store: MemoryStore) -> dict[str, Any]:
         "totals": {cid: s.totals.as_dict() for cid, s in store.states.items()},
         "records": sum(o.counters.records for o in outputs),
         "misrouted": sum(o.counters.misrouted_records for o in outputs),
+        "applied": {n: sum(getattr(o.counters.applied, n) for o in outputs) for n in COUNTER_FIELDS},
     }
 
 
@@ -189,6 +190,7 @@ def test_one_batch_equals_the_oracle() -> None:
     assert set(out["copies"]) == {(c, s, w.views, w.gmv_vnd) for (c, s), w in oracle.windows.items()}
     for cid, expected in oracle.channels.items():
         assert out["totals"][cid] == {n: getattr(expected, n) for n in COUNTER_FIELDS}, cid
+    assert out["applied"] == {n: sum(getattr(c, n) for c in oracle.channels.values()) for n in COUNTER_FIELDS}
     bad = sum(1 for recs in records.values() for r in recs if r.key == b"bad")
     misrouted = sum(1 for recs in records.values() for r in recs if r.key == misplaced_key()[0])
     assert bad >= 2 and len(out["dead"]) == bad
@@ -215,6 +217,7 @@ def test_any_batching_and_ticks_anywhere_give_the_same_outputs(cuts: set[int], t
         "totals",
         "records",
         "misrouted",
+        "applied",
     ):
         assert got[name] == want[name], name
 

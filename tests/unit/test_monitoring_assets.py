@@ -523,3 +523,12 @@ def test_readme_documents_every_alert_and_the_planned_lag_metric() -> None:
     for name in EXPECTED_ALERTS:
         assert name in text, name
     assert "livestream_consumer_lag_records" in text
+
+
+def test_every_fair_figure_is_served_as_a_counter_and_an_owned_gauge() -> None:
+    from agents.metrics import FAIR_COUNTERS, FAIR_FIELDS
+
+    assert set(FAIR_FIELDS) == set(FAIR_COUNTERS)
+    served = served_metric_names()
+    for name in FAIR_FIELDS:
+        assert {f"livestream_{name}_total", f"livestream_owned_{name}"} <= served, name
