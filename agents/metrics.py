@@ -204,6 +204,11 @@ class SnapshotCollector(Collector):
             "livestream_redis_errors", "Failed Redis mirror flushes and refused Redis commands", value=live.redis_errors
         )
         yield CounterMetricFamily("livestream_redis_flushes", "Redis mirror flushes", value=live.redis_flushes)
+        yield CounterMetricFamily(
+            "livestream_redis_rebuilds",
+            "Times Redis had lost this worker's keys (a restart without data, FLUSHALL, eviction)",
+            value=live.redis_rebuilds,
+        )
         firing = GaugeMetricFamily(
             "livestream_alerts_firing", "Active alerts of the livestreams and campaigns owned here", labels=["rule"]
         )

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from typing import Any
 
 import faust
@@ -48,6 +49,9 @@ from stream.state import Counters
 
 log = logging.getLogger(__name__)
 PFADD_CHUNK = 5_000
+LOSS_CHECK_S = 2.0
+"""How often a mirror checks that Redis still holds its marker key (:meth:`RedisMirror.check_loss`)."""
+MARKER_TTL_S = 86_400
 PIPELINE_CHUNK = 4_000
 """Commands per pipelined round trip: bounds the memory a flush of many livestreams needs."""
 MERGE_CHUNK = 500
@@ -142,13 +146,53 @@ class RedisMirror:
         self._campaigns_with_alerts: dict[str, AlertRecord] = {}
         self._alerts_written: dict[str, AlertRecord] = {}
         self._firing_records: dict[str, AlertRecord] = {}
+        self.marker = self.keys.mirror_marker(uuid.uuid4().hex)
+        """This mirror's key in Redis (see :meth:`check_loss`)."""
+        self._marked = False
+        self._checked_at = -LOSS_CHECK_S
         """Firing records written to the history by :meth:`_write_history`, by alert id, until resolved."""
         """Active livestream alerts this mirror wrote, by ``rule|subject`` field: one missing later resolved."""
         self._reported: set[str] = set()
 
+    async def check_loss(self) -> bool:
+        """Every ``LOSS_CHECK_S``: whether Redis lost this mirror's writes (its marker key is gone: a restart without
+        its files, ``FLUSHALL``, eviction). Then every livestream this worker owns, its active alerts and its
+        campaign alerts are written again by the next flush, and it is logged and counted
+        (``livestream_redis_rebuilds_total``). Closed windows, campaign minutes and unique-viewer estimates written
+        before the loss are not rebuilt from memory."""
+        now = time.monotonic()
+        if now - self._checked_at < LOSS_CHECK_S:
+            return False
+        self._checked_at = now
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.marker, b"1", ex=MARKER_TTL_S, nx=True)
+        pipe.expire(self.marker, MARKER_TTL_S)
+        created, _ = await pipe.execute()
+        lost = bool(created) and self._marked
+        self._marked = True
+        if lost:
+            live = self.live
+            live.dirty |= set(live.channels)
+            live.campaign_alerts_dirty = True
+            self._alerts_written.clear()
+            self._campaigns_with_alerts = {}
+            live.redis_rebuilds += 1
+            log.warning(
+                "Redis lost this worker's keys (restarted without its data, flushed or evicting): writing %d "
+                "livestreams and their alerts again",
+                len(live.channels),
+            )
+        return lost
+
     async def flush(self) -> None:
         """Write everything pending; if Redis is unreachable or refuses every write, give it back to the snapshot
         for the next tick (writes refused for their own key are dropped in :meth:`_run`)."""
+        rebuilding = False
+        try:
+            rebuilding = await self.check_loss()
+        except Exception as exc:  # unreachable: the writes below fail too and are kept for the next tick
+            log.debug("Redis loss check failed: %r", exc)
+        started = time.monotonic()
         dirty, viewers, closed = self.live.take_dirty()
         campaign_windows, self.live.pending_campaign = self.live.pending_campaign, []
         campaign_alerts, self.live.campaign_alerts_dirty = self.live.campaign_alerts_dirty, False
@@ -185,6 +229,8 @@ class RedisMirror:
             log.info("Redis reachable again; caught up")
         self._failing = False
         self.live.redis_flushes += 1
+        if rebuilding:
+            log.warning("Redis rebuilt from this worker's state in %.2f s", time.monotonic() - started)
 
     async def _run(self, batch: _Batch) -> list[Any]:
         """Execute ``batch``: its replies in order, a refused command's reply being its exception. A command

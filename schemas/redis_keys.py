@@ -17,6 +17,9 @@ Key layout (``P`` = ``<namespace>:``); ``<c>`` is a campaign and ``<id>`` a live
   resolved, ``status`` is ``resolved`` and ``resolved_at_ms`` the event time of the resolution (the ``at_ms`` of
   its record on the alerts topic; the livestream's newest event time if the resolving worker was not this one, and
   ``null`` for campaign alerts). Expires ``WINDOW_TTL_S`` after its last write.
+- ``P mirror:<instance>`` string, one per running worker's mirror (a random instance id), refreshed with a one-day
+  expiry: a mirror that finds its own key gone knows Redis lost data (a restart without its files, ``FLUSHALL``,
+  eviction) and writes everything it holds again.
 
 Ids are any string of 1..128 characters (:mod:`schemas.events`), so inside keys they are escaped: ``%``, ``:``,
 ``{``, ``}`` and every character outside printable ASCII (spaces, newlines, ``ü``, ...) become ``%XX`` per UTF-8
@@ -92,6 +95,9 @@ class RedisKeys:
 
     def alert_history(self) -> str:
         return f"{self.prefix}alerts:history"
+
+    def mirror_marker(self, instance: str) -> str:
+        return f"{self.prefix}mirror:{key_part(instance)}"
 
 
 def alert_field(rule: str, subject: str) -> str:

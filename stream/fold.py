@@ -391,27 +391,29 @@ class BatchFold:
         timeout (and since the ticking worker's Kafka connection was last healthy); the partition's watermark is
         the lowest of its active sources' clocks, so a source whose copies are still on their way holds the
         partition back, and the partition is idle when every source is. Every partition of the topic counts as a
-        source from the first call on (silent since then until its ticks say otherwise).
+        source, holding the progress back until its first tick arrives here.
         """
         spec = self.config.spec
         markers = []
         for partition in sorted(partitions):
             # Every partition of the topic is a source of this one (its records for livestreams homed here, and its
-            # ticks, arrive as copies): one not heard from yet holds the progress back until its ticks show it idle.
-            for source in range(self.config.partitions):
-                self.source_wall.setdefault((partition, source), now_ms)
-            sources = {source for (at, source) in self.source_wall if at == partition}
+            # ticks, arrive as copies). A source holds the progress back by its clock until its first tick arrives
+            # (before that, records of its backlog may still be on their way); from then on it is idle when its
+            # last tick found no record from it for the idle timeout, or none at all.
+            sources = set(range(self.config.partitions)) | {s for (at, s) in self.source_wall if at == partition}
             marks, as_of = [], -1
             for source in sorted(sources):
                 key = (partition, source)
-                last_record = self.source_wall[key]
+                last_record = self.source_wall.get(key)
                 tick = self.source_ticks.get(key)
-                if tick is not None and quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms:
+                if tick is not None and (
+                    last_record is None or quiet_ms(tick[0], last_record, tick[1]) >= spec.idle_timeout_ms
+                ):
                     as_of = max(as_of, tick[0])
                     continue
                 clock = self.clocks.clock(key)
                 marks.append(clock - spec.lateness_ms if clock >= 0 else -1)
-                as_of = max(as_of, last_record)
+                as_of = max(as_of, last_record if last_record is not None else -1)
             idle = not marks
             bounds = self.index.open_bounds.get(partition, {})
             settled = campaign.settled_through(bounds, min(marks, default=-1), spec.size_ms, spec.grace_ms, idle)

@@ -136,6 +136,8 @@ class LiveSnapshot:
     # Pipeline counters (monotonic for the life of the process).
     records_processed: int = 0
     events_processed: int = 0
+    redis_rebuilds: int = 0
+    """Times the Redis mirror found Redis had lost its keys and wrote everything again."""
     counted: Counters = field(default_factory=Counters)
     """What this process added to stream-to-date counters (:attr:`stream.fold.BatchCounters.applied`): it only
     grows, whatever partitions come and go (``/metrics`` serves it as the ``_total`` counters)."""

@@ -23,8 +23,9 @@ CAMPAIGN = "ocop-bac-giang-2023"
 MINUTE = 60_000
 
 
-def render_in_chromium(url: str, profile_dir: Path, budget_ms: int = 5000) -> str:
-    """The DOM of ``url`` after its scripts ran (virtual time lets the page's fetch and timers complete)."""
+def render_in_chromium(url: str, profile_dir: Path, budget_ms: int = 5000, width: int = 1600) -> str:
+    """The DOM of ``url`` in a ``width`` px wide window after its scripts ran (virtual time lets the page's fetch
+    and timers complete)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is not installed (deploy/local/test-deps.sh installs Debian's chromium)"
     result = subprocess.run(
@@ -38,7 +39,7 @@ def render_in_chromium(url: str, profile_dir: Path, budget_ms: int = 5000) -> st
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            "--window-size=1600,1000",
+            f"--window-size={width},1000",
             f"--user-data-dir={profile_dir}",
             f"--virtual-time-budget={budget_ms}",
             "--dump-dom",
@@ -138,6 +139,10 @@ def test_board_shows_the_fair_an_alert_that_clears_and_every_livestream(pipeline
     assert [int(n) for n in sparks] == [spans[cid] for cid, *_ in rows], "a sparkline of its last 30 minutes per row"
     minutes = re.findall(r'<rect class="bar"[^>]*data-start="(\d+)"', dom)
     assert len(minutes) == 30 and re.search(r'class="tick">\d\d:\d\d<', dom), "30 minutes on a time axis"
+
+    for width in (1280, 1920):  # a laptop and a wall screen: every column in sight, no sideways scrolling
+        dom = render_in_chromium(url, tmp_path / f"chromium-{width}", width=width)
+        assert 'data-loaded="1"' in dom and 'data-overflow="0"' in dom, (width, re.findall(r'data-widths="[^"]*"', dom))
 
     dom = render_in_chromium(url + "?sort=views&order=asc&spark=views", tmp_path / "chromium")
     rows = re.findall(r'<tr data-channel="([^"]+)"[^>]*data-views="(\d+)"', dom)

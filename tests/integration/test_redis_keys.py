@@ -388,3 +388,37 @@ def test_alerts_that_fire_and_resolve_between_two_writes_are_in_the_history(sett
         silent.summary,
     )
     assert live.alert_transitions == []
+
+
+def test_keys_lost_by_redis_are_written_again_by_the_owner(settings: Settings, monkeypatch: Any) -> None:
+    """Redis loses the namespace's keys (a restart without its files, FLUSHALL, eviction) while nothing changes in
+    the pipeline: within a loss check the mirror notices its marker is gone, writes every livestream, its alerts and
+    the campaign's milestone again, and counts it."""
+    import agents.redis_mirror as mirror_module
+
+    monkeypatch.setattr(mirror_module, "LOSS_CHECK_S", 0.0)
+    live, states, _ = snapshot()
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = RedisKeys(settings.redis_prefix)
+
+    async def run() -> None:
+        mirror = RedisMirror(settings, live)
+        try:
+            await mirror.flush()
+            assert client.exists(mirror.marker)
+            await mirror.flush()  # nothing pending, nothing lost
+            assert live.redis_rebuilds == 0
+            client.delete(*client.scan_iter(f"{settings.redis_prefix}*", count=1000))
+            await mirror.flush()
+        finally:
+            await mirror.close()
+
+    asyncio.run(run())
+    assert live.redis_rebuilds == 1
+    for channel_id, campaign in CHANNELS.items():
+        fields = readback.read_channels(client, settings.redis_prefix, campaign)[channel_id]
+        if "error" not in fields:
+            assert fields["views"] == states[channel_id].totals.views, channel_id
+    alerting = {cid for cid, state in states.items() if state.alerts}
+    active = {split_alert_field(f.decode())[1] for f in client.hkeys(keys.active_alerts())}
+    assert active == alerting | {"{x}"}, "every active alert, the campaign's milestone included"
