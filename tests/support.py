@@ -218,9 +218,9 @@ class Pipeline:
 
         def matches() -> bool:
             nonlocal last
-            for proc in self.workers[-1:]:
-                if proc.poll() is not None:
-                    raise AssertionError(f"worker exited with {proc.returncode}; log:\n{self.worker_log()[-3000:]}")
+            if self.workers and all(proc.poll() is not None for proc in self.workers):
+                code = self.workers[-1].returncode
+                raise AssertionError(f"every worker exited (the last with {code}); log:\n{self.worker_log()[-3000:]}")
             last = readback.summary(self.redis_campaign(campaign))
             return last == expected
 
