@@ -31,7 +31,7 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,17 +86,6 @@ class RunBuilder:
         """The run in progress (possibly empty); the builder starts over."""
         rest, self.run, self.size = self.run, [], 0
         return rest
-
-
-def slices(records: list[Any], max_records: int, max_bytes: int) -> Iterator[list[Any]]:
-    """``records`` cut, in order, into the runs of a :class:`RunBuilder` (one empty run if there are none)."""
-    builder = RunBuilder(max_records, max_bytes)
-    for record in records:
-        if (run := builder.add(record)) is not None:
-            yield run
-    rest = builder.rest()
-    if rest or not records:
-        yield rest
 
 
 class ChunkQueue:

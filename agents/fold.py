@@ -176,6 +176,8 @@ class Fold(ChunkProcessor):
         # partition, under a key no livestream can have (one RocksDB per table partition is memory).
         self.cursor_rows = self.store.ids
         self.cursors = self.processed
+        self._cursor_written: dict[int, int] = {}
+        """The offset last written to each partition's cursor row by this process."""
         self.emitted = EmittedIndex(
             settings.kafka_client_options(), [settings.stats_1m_topic, settings.stats_hop_topic]
         )
@@ -190,6 +192,8 @@ class Fold(ChunkProcessor):
 
     def forget(self, partitions: set[int]) -> None:
         super().forget(partitions)
+        for partition in partitions:
+            self._cursor_written.pop(partition, None)
         self.live.drop_partitions(partitions)
         self.core.forget(partitions)
         self.emitted.forget(partitions)
@@ -231,15 +235,20 @@ class Fold(ChunkProcessor):
             self._save(output, partitions, piece)
             await self._send_late(output)
             if self.live.ready:
-                await self._send_progress(partitions, output.ticks)
+                await self._send_progress(partitions)
         self._save_cursors(partitions)
 
     def _save_cursors(self, partitions: set[int]) -> None:
-        """The cursor row of each partition of a finished batch: its last record processed."""
+        """The cursor row of each partition of a finished batch: its last record processed (unless its last run
+        wrote that already)."""
         for partition in partitions:
             cursor = self.cursors.get(partition)
-            if cursor is not None:
-                self.cursor_rows.set(CURSOR_KEY, str(cursor).encode(), self.store.context(partition))
+            if cursor is not None and self._cursor_written.get(partition) != cursor:
+                self._write_cursor(partition, cursor)
+
+    def _write_cursor(self, partition: int, offset: int) -> None:
+        self.cursor_rows.set(CURSOR_KEY, str(offset).encode(), self.store.context(partition))
+        self._cursor_written[partition] = offset
 
     async def _load_indexes(self, partitions: set[int]) -> None:
         if not partitions <= self.emitted.loaded or not partitions <= self.alert_index.loaded:
@@ -306,7 +315,7 @@ class Fold(ChunkProcessor):
             if cursor is None:
                 continue
             if partition in folded:
-                self.cursor_rows.set(CURSOR_KEY, str(folded[partition]).encode(), self.store.context(partition))
+                self._write_cursor(partition, folded[partition])
             live.progress_at_s[partition] = now_s
             try:
                 highwater = self.app.consumer.highwater(TP(settings.events_topic, partition))
@@ -390,11 +399,11 @@ class Fold(ChunkProcessor):
         ]
         return pending
 
-    async def _send_progress(self, partitions: set[int], ticks: dict[int, tuple[int, int]]) -> None:
+    async def _send_progress(self, partitions: set[int]) -> None:
         """Tell the campaign aggregator how far each of these partitions has settled (when it changed); only once
         the live snapshot holds every owned livestream (see :meth:`stream.fold.BatchFold.progress`)."""
         pending = []
-        for marker in self.core.progress(partitions, ticks, int(time.time() * 1000)):
+        for marker in self.core.progress(partitions):
             pending.append(
                 await self.campaign_topic.send(key=b"progress", value=campaign.encode(marker), partition=0, force=True)
             )

@@ -281,8 +281,6 @@ class BatchOutput:
     order_writes: list[tuple[tuple[str, str], OrderRow, int]] = field(default_factory=list)
     viewers: dict[str, list[str]] = field(default_factory=dict)
     """New viewer ids per livestream (for the unique-viewer HyperLogLogs)."""
-    ticks: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """Per partition, the last tick's (wall time, healthy since), its own or a copied one."""
     counters: BatchCounters = field(default_factory=BatchCounters)
 
 
@@ -379,9 +377,7 @@ class BatchFold:
         """
         return _Batch(self, store, now_ms).run(records)
 
-    def progress(
-        self, partitions: Iterable[int], ticks: dict[int, tuple[int, int]], now_ms: int
-    ) -> list[campaign.PartitionProgress]:
+    def progress(self, partitions: Iterable[int]) -> list[campaign.PartitionProgress]:
         """How far each of ``partitions`` has settled for the campaign aggregator, where it changed (always while it
         is idle: the marker's ``as_of`` moves on).
 
@@ -475,7 +471,6 @@ class _Batch:
             if tick.wall_ms >= 0:
                 tick_ms = min(tick_ms, tick.wall_ms)
             healthy_since = min(tick.healthy_since_ms, tick_ms)
-            out.ticks[partition] = (tick_ms, healthy_since)
             out.counters.ticks += 1
             self.fold.source_ticks[(partition, source)] = (tick_ms, healthy_since)
             self.scan(partition, source, tick_ms, healthy_since)

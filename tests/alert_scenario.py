@@ -118,7 +118,7 @@ def simulate(replay: ScriptedReplay, rules: AlertRules | None = None, envelope: 
         changes.extend(change for change, _ in output.alert_changes)
         for copy in output.campaign_copies:
             feed(copy)
-        for marker in fold.progress(range(PARTITIONS), output.ticks, minute.start_ms + MINUTE):
+        for marker in fold.progress(range(PARTITIONS)):
             feed(marker)
     return changes
 

@@ -260,41 +260,23 @@ class Bench:
         finally:
             self.cleanup(namespace)
 
-    def run_crc32_topic(self) -> None:
-        """The pipeline on the single-event fair placed as librdkafka's default partitioner places it (CRC32): most
-        records are forwarded to their livestream's home partition first."""
-        if "crc32" in self.options.skip:
+    def run_pipeline_topic(self, step: str, scale: float, batch: int, partitioner: str = "murmur2") -> None:
+        """Our pipeline alone on a topic of its own, filled with the fair at ``scale`` (``batch`` events per record,
+        placed by ``partitioner``); figures under ``pipeline_<step>``."""
+        if step in self.options.skip:
             return
         namespace = new_namespace()
         try:
 
-            def crc32() -> None:
+            def measure() -> None:
                 from livestream.bench.pipeline import measure_pipeline
 
-                replay, _, _ = self.fill(namespace, self.options.scale, 1, partitioner="crc32")
+                replay, _, _ = self.fill(namespace, scale, batch, partitioner=partitioner)
                 settings = self.settings(namespace)
-                result = measure_pipeline(settings, replay.oracle, OCOP_FAIR.campaign, replay.events, "crc32")
-                self.put("pipeline_crc32", result)
+                result = measure_pipeline(settings, replay.oracle, OCOP_FAIR.campaign, replay.events, step)
+                self.put(f"pipeline_{step}", result)
 
-            self.step("crc32", crc32)
-        finally:
-            self.cleanup(namespace)
-
-    def run_batch_topic(self) -> None:
-        if "batch" in self.options.skip:
-            return
-        namespace = new_namespace()
-        try:
-
-            def batch() -> None:
-                from livestream.bench.pipeline import measure_pipeline
-
-                replay, _, _ = self.fill(namespace, self.options.batch_scale, self.options.batch)
-                settings = self.settings(namespace)
-                result = measure_pipeline(settings, replay.oracle, OCOP_FAIR.campaign, replay.events, "batch")
-                self.put("pipeline_batch", result)
-
-            self.step("batch", batch)
+            self.step(step, measure)
         finally:
             self.cleanup(namespace)
 
@@ -478,8 +460,9 @@ class Bench:
         services.up()
         started = time.monotonic()
         self.run_single_topic()
-        self.run_crc32_topic()
-        self.run_batch_topic()
+        # Single events placed by CRC32 (librdkafka's default): most are forwarded to their home partition first.
+        self.run_pipeline_topic("crc32", self.options.scale, 1, partitioner="crc32")
+        self.run_pipeline_topic("batch", self.options.batch_scale, self.options.batch)
         self.run_latency()
         self.run_memory()
         self.run_fair()

@@ -301,7 +301,6 @@ def test_a_table_read_between_a_batch_and_its_save_does_not_roll_the_index_back(
     fold, store = new_fold(), MemoryStore()
     first = _record(0, [_view(0, BASE + 1_000)])
     store.save(fold.fold([first], store, now_ms=BASE + 1_000))
-    fold.progress([first.partition], {}, BASE + 1_000)  # as after every batch: every source is heard of from now
     before = store.state("c1", first.partition)
     assert before is not None and before.windows
     wall = BASE + 1_000 + SPEC.idle_timeout_ms
@@ -314,7 +313,7 @@ def test_a_table_read_between_a_batch_and_its_save_does_not_roll_the_index_back(
     closing = fold.fold(ticks, store, now_ms=wall)  # not saved yet
     assert closing.finals
     assert not fold.index.add_stored(before), "the fold's own view is newer than the table's row"
-    [progress] = fold.progress([first.partition], closing.ticks, wall)
+    [progress] = fold.progress([first.partition])
     assert progress.idle and progress.settled_through_ms > BASE, "no open window holds the partition back"
     fresh = new_fold()
     assert fresh.index.add_stored(before) and fresh.index.open_bounds[first.partition] == {
@@ -344,7 +343,7 @@ def test_a_tick_from_the_future_closes_nothing_a_tick_of_now_would_not() -> None
     now = BASE + 2_000
     out = fold.fold([tick(first.partition, 1, now + 3_600_000, healthy_since_ms=-1)], store, now_ms=now)
     assert out.finals == [], "the livestream was heard from a second ago"
-    assert out.ticks[first.partition] == (now, -1)
+    assert fold.source_ticks[(first.partition, first.partition)] == (now, -1)
     later = BASE + 1_000 + SPEC.idle_timeout_ms + 1_000
     out = fold.fold([tick(first.partition, 2, later + 3_600_000, healthy_since_ms=-1)], store, now_ms=later)
     assert out.finals, "quiet for longer than the idle timeout at the time the batch runs"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.bulk_consumer import Chunk, ChunkQueue, slices
+from agents.bulk_consumer import Chunk, ChunkQueue, RunBuilder
 
 
 @dataclass
@@ -87,11 +87,13 @@ def test_batches_keep_every_record_once_in_order_within_their_bounds(
 
 
 @given(sizes=st.lists(st.integers(0, 300), max_size=60), max_records=st.integers(1, 30), max_bytes=st.integers(1, 2000))
-def test_slices_keep_every_record_once_in_order_within_their_bounds(
+def test_runs_keep_every_record_once_in_order_within_their_bounds(
     sizes: list[int], max_records: int, max_bytes: int
 ) -> None:
     records = [Rec(i, b"x" * size) for i, size in enumerate(sizes)]
-    runs = list(slices(records, max_records, max_bytes))
+    builder = RunBuilder(max_records, max_bytes)
+    runs = [run for run in map(builder.add, records) if run is not None]
+    runs.append(builder.rest())
     assert [r.offset for run in runs for r in run] == list(range(len(sizes)))
     for run in runs:
         assert len(run) <= max_records
