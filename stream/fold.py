@@ -460,6 +460,10 @@ class _Batch:
     def record(self, record: SourceRecord) -> None:
         out, partition, key = self.out, record.partition, record.key
         source, _, appended_ms = origin(record)
+        if source != partition and not 0 <= source < self.config.partitions:
+            # A header naming no partition of the topic (forged): no tick would ever come from that source, so the
+            # record would hold its livestream's idle close and its partition's campaign progress back for good.
+            source, appended_ms = partition, record.timestamp
         if is_tick(record.headers):
             # A tick's time is the earliest of when it was written (its value), when Kafka appended it (the
             # original's append time, for a copy) and when the batch runs: a tick that waited in transit (a broker

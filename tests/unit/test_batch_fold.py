@@ -371,3 +371,29 @@ def test_one_event_stamped_30_minutes_ahead_makes_no_other_event_late() -> None:
     closing = fold.fold([tick(home(b"c1"), 180, quiet, -1)], store, now_ms=quiet)
     minutes = {c.start_ms: c.counters.views for c, _ in out.finals + closing.finals if c.size_ms == SPEC.size_ms}
     assert minutes == {BASE: 60, BASE + 60_000: 60, BASE + 120_000: 60, BASE + 30 * 60_000: 1}
+
+
+def test_a_forwarded_header_naming_no_partition_of_the_topic_is_not_believed() -> None:
+    """A producer's record with a forged ``livestream-forwarded-from`` naming partition 999: no tick ever comes from
+    there, so the record counts as its own partition's (its livestream still closes when idle, and the partition's
+    campaign progress is not held back by a source that does not exist)."""
+    fold, store = new_fold(), MemoryStore()
+    record = _record(0, [_view(0, BASE + 1_000)])
+    forged = Record(record.partition, 0, record.timestamp, record.key, record.value, [forwarded_header(999, 5, 0)])
+    store.save(fold.fold([forged], store, now_ms=BASE + 1_000))
+    assert fold.index.views["c1"].source == record.partition
+    wall = BASE + 1_000 + SPEC.idle_timeout_ms
+    home_partition = record.partition
+    closing = fold.fold([tick(home_partition, 1, wall, -1)], store, now_ms=wall)
+    assert closing.finals, "closed as idle at its own partition's tick"
+    others = [tick(p, 1, wall, -1) for p in range(PARTITIONS) if p != home_partition]
+    copies = [
+        Record(
+            home_partition, 2 + i, wall, t.key, t.value, [forwarded_header(t.partition, 1, wall), *(t.headers or ())]
+        )
+        for i, t in enumerate(others)
+    ]
+    store.save(fold.fold(copies, store, now_ms=wall))
+    store.save(closing)
+    [progress] = fold.progress([home_partition])
+    assert progress.idle and progress.settled_through_ms > BASE, "no phantom source holds the partition back"
