@@ -43,6 +43,7 @@ from agents.dlq import send_dead_letter
 from agents.emitted import AlertIndex, EmittedIndex
 from agents.forwarding import ForwardLog
 from agents.freeze import GUARD
+from agents.sends import Headers, send_batched
 from agents.startup import shorten_fetch_wait
 from agents.table_context import PartitionContext, PartitionedTable, raw_bytes, raw_table
 from agents.topic_reader import stream_range
@@ -294,9 +295,8 @@ class Fold(ChunkProcessor):
                 where += f" event #{dead.index}"
             log.warning("dead letter %s at %s: %s", letter.reason, where, letter.message)
             await send_dead_letter(self.dlq_topic, record, settings.events_topic, letter, dead.index, dead.raw)
-        if output.forwards:
-            await self._forward(output.forwards)
-        pending = await self._emit(output.finals, now_ms)
+        pending = await self._forward(output.forwards) if output.forwards else []
+        pending += await self._emit(output.finals, now_ms)
         pending += await self._emit_alerts(output.alert_changes, now_ms)
         pending += await self._send_copies(output.campaign_copies)
         if pending:
@@ -352,27 +352,24 @@ class Fold(ChunkProcessor):
         for late_event in output.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
 
-    async def _forward(self, records: list[tuple[SourceRecord, int]]) -> None:
-        """Records on a partition other than their key's, and this partition's idle ticks: produce them to their
-        target (original key, value and headers, plus where and when they were appended first), in order, and wait
-        until Kafka has them.
+    async def _forward(self, records: list[tuple[SourceRecord, int]]) -> list[Any]:
+        """Records on a partition other than their key's, and this partition's idle ticks: hand them to Kafka for
+        their target (original key, value and headers, plus where and when they were appended first), in order,
+        a few record batches per target; returns the pending batches (the caller waits for them with the
+        batch's other sends, before the state that marks the records done is saved).
 
         A crash before the source offset is committed forwards them again; the copies carry the same event ids,
         so the livestream's dedup counts them once.
         """
-        pending = []
         self.forward_log.note([(record, target) for record, target in records if not is_tick(record.headers)])
+        by_target: dict[int, list[tuple[bytes | None, bytes | None, Headers]]] = {}
         for record, target in records:
             headers = [
                 forwarded_header(record.partition, record.offset, record.timestamp),
                 *(header for header in record.headers or () if header[0] != FORWARDED_HEADER),
             ]
-            pending.append(
-                await self.events_topic.send(
-                    key=record.key, value=record.value, partition=target, headers=headers, force=True
-                )
-            )
-        await asyncio.gather(*pending)
+            by_target.setdefault(target, []).append((record.key, record.value, headers))
+        return await send_batched(self.app.producer, self.settings.events_topic, by_target)
 
     async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> list[Any]:
         """Publish alert transitions not published before; returns the pending sends."""

@@ -19,6 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka.producer.message_accumulator import BatchBuilder
+
 log = logging.getLogger(__name__)
 
 
@@ -105,3 +107,48 @@ def pending_sends(producer: Any) -> PendingSends:
         found.install(producer)
         producer._livestream_pending_sends = found
     return found
+
+
+Headers = list[tuple[str, bytes]]
+
+
+async def send_batched(
+    producer: Any, topic: str, records_by_partition: dict[int, list[tuple[bytes | None, bytes | None, Headers]]]
+) -> list[asyncio.Future[Any]]:
+    """Hand each partition's records to Kafka in as few record batches as the producer's batch size allows (one
+    future per batch instead of one per record: a per-record send costs more than the record's processing), in
+    order, *uncompressed*, each batch followed by ``producer``'s :class:`PendingSends`; returns the batches' futures
+    (resolved when Kafka acknowledged the batch). ``producer`` is faust's; the records get the time they are handed
+    over.
+
+    Uncompressed because these are records the worker itself reads back moments later (forwarded copies):
+    compressing and decompressing them again costs the worker more CPU than their bytes cost the broker."""
+    pending = pending_sends(producer)
+    client = producer._ensure_producer()
+    accumulator = client._message_accumulator
+    transactional = getattr(accumulator._txn_manager, "transactional_id", None) is not None
+    futures: list[asyncio.Future[Any]] = []
+
+    def new_batch() -> BatchBuilder:
+        return BatchBuilder(accumulator._batch_size, 0, is_transactional=transactional)
+
+    async def submit(batch: BatchBuilder, partition: int) -> None:
+        try:
+            future = await client.send_batch(batch, topic, partition=partition)
+        except Exception as exc:  # refused before it was queued: never delivered
+            if pending.failure is None:
+                pending.failure = exc
+            raise
+        pending.track(future)
+        futures.append(future)
+
+    for partition, records in records_by_partition.items():
+        batch = new_batch()
+        for key, value, headers in records:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                await submit(batch, partition)
+                batch = new_batch()
+                batch.append(timestamp=None, key=key, value=value, headers=headers)  # the first always fits
+        if batch.record_count():
+            await submit(batch, partition)
+    return futures

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -26,6 +27,21 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     return app, live
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between two young-generation collections (CPython's default is 700): a batch allocates records,
+events and headers by the hundred thousand, nearly all freed by reference counting, and each collection walks
+every young object; fewer, larger collections cost a fraction of the time."""
+
+
+def tune_garbage_collector() -> None:
+    """Objects built so far (modules, the app, its settings) move out of the collector's sight for good
+    (``gc.freeze``), and young collections run every :data:`GC_YOUNG_THRESHOLD` allocations."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until SIGINT/SIGTERM (faust stops gracefully, flushing and committing)."""
     settings = asyncio.run(settings_for_topic(settings))
@@ -35,4 +51,5 @@ def run_worker(settings: Settings) -> None:
     asyncio.run(prepare_kafka(settings, changelog_topics(app)))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    tune_garbage_collector()
     worker.execute_from_commandline()
