@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import faust
@@ -92,6 +92,17 @@ def murmur2_partitioner(partitions: int) -> Callable[[bytes], int]:
         return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
     return home
+
+
+def _copies(records: list[SourceRecord]) -> Iterator[tuple[bytes | None, bytes | None, Headers]]:
+    """Key, value and headers of each record's forwarded copy: :func:`stream.fold.forwarded_header` first, then the
+    record's own headers (minus a forwarded-from header of its own: a copy names the record its producer wrote)."""
+    for record in records:
+        headers: Headers = [forwarded_header(record.partition, record.offset, record.timestamp)]
+        own = record.headers
+        if own:  # rare: producers seldom set headers (ticks have one)
+            headers.extend(header for header in own if header[0] != FORWARDED_HEADER)
+        yield record.key, record.value, headers
 
 
 class TableStore:
@@ -352,7 +363,7 @@ class Fold(ChunkProcessor):
         for late_event in output.late:
             await self.late_topic.send(key=late_event.channel_id.encode(), value=msgspec.json.encode(late_event))
 
-    async def _forward(self, records: list[tuple[SourceRecord, int]]) -> list[Any]:
+    async def _forward(self, forwards: dict[int, list[SourceRecord]]) -> list[Any]:
         """Records on a partition other than their key's, and this partition's idle ticks: hand them to Kafka for
         their target (original key, value and headers, plus where and when they were appended first), in order,
         a few record batches per target; returns the pending batches (the caller waits for them with the
@@ -361,15 +372,9 @@ class Fold(ChunkProcessor):
         A crash before the source offset is committed forwards them again; the copies carry the same event ids,
         so the livestream's dedup counts them once.
         """
-        self.forward_log.note([(record, target) for record, target in records if not is_tick(record.headers)])
-        by_target: dict[int, list[tuple[bytes | None, bytes | None, Headers]]] = {}
-        for record, target in records:
-            headers = [
-                forwarded_header(record.partition, record.offset, record.timestamp),
-                *(header for header in record.headers or () if header[0] != FORWARDED_HEADER),
-            ]
-            by_target.setdefault(target, []).append((record.key, record.value, headers))
-        return await send_batched(self.app.producer, self.settings.events_topic, by_target)
+        self.forward_log.note({target: [r for r in rs if not is_tick(r.headers)] for target, rs in forwards.items()})
+        copies = {target: _copies(records) for target, records in forwards.items()}
+        return await send_batched(self.app.producer, self.settings.events_topic, copies)
 
     async def _emit_alerts(self, changes: list[tuple[AlertChange, int]], now_ms: int) -> list[Any]:
         """Publish alert transitions not published before; returns the pending sends."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -41,15 +41,19 @@ class ForwardLog:
         self.example = ""
         self.reported_at = float("-inf")
 
-    def note(self, forwards: Sequence[tuple[_Placed, int]]) -> None:
-        if not forwards:
+    def note(self, forwarded: Mapping[int, Sequence[_Placed]]) -> None:
+        """The records of ``forwarded`` were copied to the partition they are listed under."""
+        count = sum(len(records) for records in forwarded.values())
+        if not count:
             return
-        self.total += len(forwards)
-        self.unreported += len(forwards)
-        for record, target in forwards:
-            self.routes[(record.partition, target)] += 1
+        self.total += count
+        self.unreported += count
+        for target, records in forwarded.items():
+            for source, n in Counter(record.partition for record in records).items():
+                self.routes[(source, target)] += n
         if not self.example:
-            record, target = forwards[0]
+            target, records = next((target, records) for target, records in forwarded.items() if records)
+            record = records[0]
             key = (record.key or b"")[:64]
             self.example = f"{self.topic}[{record.partition}]@{record.offset} key {key!r} -> partition {target}"
         now = self.clock()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka.producer.message_accumulator import BatchBuilder
@@ -113,7 +113,7 @@ Headers = list[tuple[str, bytes]]
 
 
 async def send_batched(
-    producer: Any, topic: str, records_by_partition: dict[int, list[tuple[bytes | None, bytes | None, Headers]]]
+    producer: Any, topic: str, records_by_partition: Mapping[int, Iterable[tuple[bytes | None, bytes | None, Headers]]]
 ) -> list[asyncio.Future[Any]]:
     """Hand each partition's records to Kafka in as few record batches as the producer's batch size allows (one
     future per batch instead of one per record: a per-record send costs more than the record's processing), in

@@ -270,10 +270,11 @@ class BatchOutput:
     alert_changes: list[tuple[AlertChange, int]] = field(default_factory=list)
     campaign_copies: list[campaign.ChannelWindowCopy] = field(default_factory=list)
     dead_letters: list[DeadRecord] = field(default_factory=list)
-    forwards: list[tuple[SourceRecord, int]] = field(default_factory=list)
-    """Records to produce again on another partition (record, target), in record order: records on a partition
-    other than their home, and each idle tick written here, copied to every other partition (see
-    :class:`BatchFold`). Copies carry :func:`forwarded_header` of their original."""
+    forwards: dict[int, list[SourceRecord]] = field(default_factory=dict)
+    """Records to produce again on another partition, by target partition, each target's in record order: records
+    on a partition other than their home, and each idle tick written here, copied to every other partition (see
+    :class:`BatchFold`). Copies carry :func:`forwarded_header` of their original. (Grouped by target, not a list of
+    pairs: a batch of misplaced records would otherwise keep a pair each alive until it is published.)"""
     late: list[Event] = field(default_factory=list)
     states: list[ChannelState] = field(default_factory=list)
     id_writes: list[tuple[tuple[str, int, int], IdRow, int]] = field(default_factory=list)
@@ -282,6 +283,13 @@ class BatchOutput:
     viewers: dict[str, list[str]] = field(default_factory=dict)
     """New viewer ids per livestream (for the unique-viewer HyperLogLogs)."""
     counters: BatchCounters = field(default_factory=BatchCounters)
+
+    def forward(self, record: SourceRecord, target: int) -> None:
+        """Copy ``record`` to partition ``target`` (after what this batch copied there before)."""
+        copies = self.forwards.get(target)
+        if copies is None:
+            copies = self.forwards[target] = []
+        copies.append(record)
 
 
 class PartitionIndex:
@@ -481,7 +489,9 @@ class _Batch:
             if source == partition:
                 # Copied behind every record forwarded from here so far: at each other partition it says how far
                 # this source has been delivered (its livestreams there are judged by it, see scan).
-                out.forwards.extend((record, other) for other in range(self.config.partitions) if other != partition)
+                for other in range(self.config.partitions):
+                    if other != partition:
+                        out.forward(record, other)
             return
         if key is not None:
             home = self.fold.home_partition(key)
@@ -494,7 +504,7 @@ class _Batch:
                     letter = DeadLetter("oversized", f"record value is {len(value)} bytes, limit {MAX_RECORD_BYTES}")
                     out.dead_letters.append(DeadRecord(record, letter))
                     return
-                out.forwards.append((record, home))
+                out.forward(record, home)
                 return
         out.counters.records += 1
         produced_ms = appended_ms

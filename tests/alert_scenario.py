@@ -113,7 +113,7 @@ def simulate(replay: ScriptedReplay, rules: AlertRules | None = None, envelope: 
         output = fold.fold(records, store, now_ms=wall)
         store.save(output)
         assert not output.dead_letters, "the replay's records are all valid"
-        copies = [(record, target) for record, target in output.forwards]
+        copies = [(record, target) for target, records in output.forwards.items() for record in records]
         assert all(is_tick(record.headers) for record, _ in copies), "and well placed: only ticks are copied"
         changes.extend(change for change, _ in output.alert_changes)
         for copy in output.campaign_copies:

@@ -154,16 +154,13 @@ def summarize(outputs: list[BatchOutput], store: MemoryStore) -> dict[str, Any]:
         (c.channel_id, c.start_ms, c.counters.views, c.counters.gmv_vnd) for o in outputs for c in o.campaign_copies
     ]
     alerts = [(c.rule, c.channel_id, c.window_start_ms, c.status) for o in outputs for c, _ in o.alert_changes]
+    forwarded = [(target, r) for o in outputs for target, records in o.forwards.items() for r in records]
     return {
         "finals": finals,
         "late": sorted(e.event_id for out in outputs for e in out.late),
         "dead": sorted(dead),
-        "forwards": sorted(
-            (r.partition, r.key, target) for o in outputs for r, target in o.forwards if not is_tick(r.headers)
-        ),
-        "tick_copies": sorted(
-            (r.partition, r.offset, target) for o in outputs for r, target in o.forwards if is_tick(r.headers)
-        ),
+        "forwards": sorted((r.partition, r.key, target) for target, r in forwarded if not is_tick(r.headers)),
+        "tick_copies": sorted((r.partition, r.offset, target) for target, r in forwarded if is_tick(r.headers)),
         "copies": Counter(copies),
         "alerts": sorted(alerts),
         "totals": {cid: s.totals.as_dict() for cid, s in store.states.items()},
@@ -265,7 +262,7 @@ def test_a_misrouted_record_is_forwarded_unread_and_counted() -> None:
     key, wrong = misplaced_key()
     value = _encode(Batch(channel_id=key.decode(), events=[_view(0, BASE, key.decode())]))
     out = fold.fold([Record(wrong, 0, BASE, key, value)], store, now_ms=BASE)
-    assert [(r.offset, target) for r, target in out.forwards] == [(0, home(key))]
+    assert {target: [r.offset for r in rs] for target, rs in out.forwards.items()} == {home(key): [0]}
     assert out.counters.misrouted_records == 1 and out.counters.applied_events == 0
     assert out.states == [] and out.finals == []
 
@@ -326,7 +323,7 @@ def test_a_misrouted_record_over_the_size_limit_is_dead_lettered_at_its_source()
     key, wrong = misplaced_key()
     huge = b'{"type":"batch","channel_id":"x","events":[' + b" " * MAX_RECORD_BYTES + b"]}"
     out = fold.fold([Record(wrong, 7, BASE, key, huge)], store, now_ms=BASE)
-    assert out.forwards == [], "a copy of it could neither be produced nor read at home"
+    assert out.forwards == {}, "a copy of it could neither be produced nor read at home"
     assert [(d.record.partition, d.record.offset, d.letter.reason) for d in out.dead_letters] == [
         (wrong, 7, "oversized")
     ]

@@ -10,8 +10,12 @@ from agents.forwarding import ForwardLog
 from stream.fold import Record
 
 
-def _forwards(n: int, start: int = 0) -> list[tuple[Record, int]]:
-    return [(Record(0, start + i, 0, f"k{i}".encode(), b"{}"), 1 + i % 2) for i in range(n)]
+def _forwards(n: int, start: int = 0) -> dict[int, list[Record]]:
+    """``n`` records of partition 0, copied alternately to partitions 1 and 2."""
+    by_target: dict[int, list[Record]] = {1: [], 2: []}
+    for i in range(n):
+        by_target[1 + i % 2].append(Record(0, start + i, 0, f"k{i}".encode(), b"{}"))
+    return by_target
 
 
 def test_the_first_forward_is_reported_at_once_then_one_summary_per_interval(caplog: pytest.LogCaptureFixture) -> None:
@@ -35,7 +39,7 @@ def test_the_first_forward_is_reported_at_once_then_one_summary_per_interval(cap
 
 def test_no_forward_no_line(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="agents.forwarding"):
-        ForwardLog("t").note([])
+        ForwardLog("t").note({})
     assert caplog.records == []
 
 
