@@ -10,7 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,10 +64,10 @@ class Settings(BaseSettings):
         60.0, gt=0, description="an owned partition with lag and no progress for this long is stalled (not ready)"
     )
     max_clock_lead_s: int = Field(
-        60,
+        5,
         ge=0,
         description="a record moves its partition's event-time clock and its livestream's watermark at most this far "
-        "past its Kafka timestamp",
+        "past its Kafka timestamp (at most window_grace_s: a larger lead closes windows before events on time arrive)",
     )
     producer_batch_bytes: int = Field(
         1_048_576, ge=1024, description="largest batch the worker's producer builds per partition (bytes)"
@@ -164,6 +164,15 @@ class Settings(BaseSettings):
     )
 
     log_level: str = Field("info", description="log level: debug, info, warning or error")
+
+    @model_validator(mode="after")
+    def _lead_within_grace(self) -> Settings:
+        if self.max_clock_lead_s > self.window_grace_s:
+            raise ValueError(
+                f"max_clock_lead_s ({self.max_clock_lead_s}) must not exceed window_grace_s ({self.window_grace_s}): "
+                "an event stamped that far ahead would close its window before the events on time arrive"
+            )
+        return self
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Keyword arguments for every aiokafka client (producer, consumer, admin): bootstrap and security.
