@@ -55,6 +55,15 @@ class Chunk:
     partition: int
     generation: int
     records: list[Any]
+    size: int = -1
+    """Key and value bytes of the records (-1: not counted yet, see :meth:`sized`)."""
+
+    def sized(self) -> Chunk:
+        """This chunk with :attr:`size` counted."""
+        if self.size >= 0:
+            return self
+        size = sum([len(record.key or b"") + len(record.value or b"") for record in self.records])
+        return Chunk(self.partition, self.generation, self.records, size)
 
 
 def record_bytes(record: Any) -> int:
@@ -71,6 +80,15 @@ class RunBuilder:
         self.max_bytes = max_bytes
         self.run: list[Any] = []
         self.size = 0
+
+    def add_all(self, records: list[Any], size: int) -> bool:
+        """Append ``records`` (``size`` bytes in all) at once if they fit the run in progress; False (nothing
+        appended) if not."""
+        if len(self.run) + len(records) > self.max_records or self.size + size > self.max_bytes:
+            return False
+        self.run.extend(records)
+        self.size += size
+        return True
 
     def add(self, record: Any) -> list[Any] | None:
         """Append ``record``; returns the run it closed (the one before it) when it did not fit there."""
@@ -108,7 +126,8 @@ class ChunkQueue:
         self.has_room.set()
 
     def put(self, chunk: Chunk) -> None:
-        size = sum(record_bytes(record) for record in chunk.records)
+        chunk = chunk.sized()
+        size = chunk.size
         self.chunks.append((chunk, size))
         self.buffered += len(chunk.records)
         self.buffered_bytes += size
@@ -141,9 +160,9 @@ class ChunkQueue:
                 self.chunks.popleft()
                 taken.append(chunk)
             else:
-                rest = Chunk(chunk.partition, chunk.generation, chunk.records[cut:])
-                self.chunks[0] = (rest, chunk_bytes - cut_bytes)
-                taken.append(Chunk(chunk.partition, chunk.generation, chunk.records[:cut]))
+                rest = Chunk(chunk.partition, chunk.generation, chunk.records[cut:], chunk_bytes - cut_bytes)
+                self.chunks[0] = (rest, rest.size)
+                taken.append(Chunk(chunk.partition, chunk.generation, chunk.records[:cut], cut_bytes))
             count += cut
             size += cut_bytes
             break

@@ -277,7 +277,17 @@ class Fold(ChunkProcessor):
         for chunk in chunks:
             partition = chunk.partition
             cursor = cursors.get(partition)
-            for record in chunk.records:
+            records = chunk.records
+            if (
+                cursor is not None
+                and records
+                and records[0].offset == cursor + 1
+                and records[-1].offset == cursor + len(records)
+                and run.add_all(records, chunk.sized().size)
+            ):  # the usual case: the records that follow the cursor, without a gap, and room for them all
+                cursors[partition] = records[-1].offset
+                continue
+            for record in records:
                 offset = record.offset
                 if cursor is None or offset != cursor + 1:
                     if cursor is not None and offset <= cursor:

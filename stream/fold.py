@@ -467,12 +467,17 @@ class _Batch:
 
     def record(self, record: SourceRecord) -> None:
         out, partition, key = self.out, record.partition, record.key
-        source, _, appended_ms = origin(record)
-        if source != partition and not 0 <= source < self.config.partitions:
-            # A header naming no partition of the topic (forged): no tick would ever come from that source, so the
-            # record would hold its livestream's idle close and its partition's campaign progress back for good.
-            source, appended_ms = partition, record.timestamp
-        if is_tick(record.headers):
+        headers = record.headers
+        if headers:  # a copy, a tick, or a producer's own headers
+            source, _, appended_ms = origin(record)
+            if source != partition and not 0 <= source < self.config.partitions:
+                # A header naming no partition of the topic (forged): no tick would ever come from that source, so
+                # the record would hold its livestream's idle close and its partition's campaign progress back.
+                source, appended_ms = partition, record.timestamp
+            ticked = is_tick(headers)
+        else:
+            source, appended_ms, ticked = partition, record.timestamp, False
+        if ticked:
             # A tick's time is the earliest of when it was written (its value), when Kafka appended it (the
             # original's append time, for a copy) and when the batch runs: a tick that waited in transit (a broker
             # that stood still) is not newer than the records produced meanwhile, and a tick record claiming a later

@@ -99,3 +99,29 @@ def test_runs_keep_every_record_once_in_order_within_their_bounds(
         assert len(run) <= max_records
         assert len(run) == 1 or sum(len(r.value) + len(r.key) for r in run) <= max_bytes
     assert runs == [[]] if not records else all(runs)
+
+
+@given(
+    chunks=st.lists(st.lists(st.integers(0, 300), max_size=20), max_size=10),
+    max_records=st.integers(1, 30),
+    max_bytes=st.integers(1, 2000),
+)
+def test_whole_chunks_added_at_once_keep_the_same_bounds(
+    chunks: list[list[int]], max_records: int, max_bytes: int
+) -> None:
+    """A chunk appended whole when it fits (:meth:`RunBuilder.add_all`), record by record when not: every record
+    once, in order, every run within the bounds."""
+    builder = RunBuilder(max_records, max_bytes)
+    runs: list[list[Rec]] = []
+    offset = 0
+    for sizes in chunks:
+        chunk = Chunk(0, 1, [Rec(offset + i, b"x" * size) for i, size in enumerate(sizes)]).sized()
+        offset += len(sizes)
+        assert chunk.size == sum(len(r.key) + len(r.value) for r in chunk.records)
+        if not builder.add_all(chunk.records, chunk.size):
+            runs += [run for run in map(builder.add, chunk.records) if run is not None]
+    runs.append(builder.rest())
+    assert [r.offset for run in runs for r in run] == list(range(offset))
+    for run in runs:
+        assert len(run) <= max_records
+        assert len(run) == 1 or sum(len(r.value) + len(r.key) for r in run) <= max_bytes
