@@ -8,6 +8,14 @@ kept and retried on the next tick; processing never waits for Redis. A command r
 ``WRONGTYPE`` from stale data under that key) is logged, counted in ``redis_errors`` and dropped; every other
 write of the flush still takes effect, so one bad key never stops the mirror for the other livestreams.
 
+Values never go backwards. Two owners of a partition overlap during a rebalance (the old one's flush still in
+flight, the new one re-mirroring its restored tables, which can be older than what the old one wrote), and a paused
+worker can wake up with old values: every livestream hash and window hash is written by :data:`GUARDED_HSET`, a Lua
+script that keeps the stored hash when it is newer. A livestream's hash carries ``state_partition`` and
+``state_offset`` (the offset of the last record its state applied, in its partition: offsets of one partition only
+grow as its records are applied); a write with a lower offset in the same partition changes nothing, nor does an
+open window's write over a final one.
+
 The key layout and its escaping are in :mod:`schemas.redis_keys` (readers import it from there).
 """
 
@@ -59,6 +67,22 @@ REPORTED_KEYS_MAX = 10_000
 """Keys whose refused writes were logged at warning level (then at debug level), remembered up to this many."""
 
 CHANNEL_RULES = tuple(rule for rule in RULES if rule != "gmv_milestone")
+
+GUARDED_HSET = """
+local stored = redis.call('HMGET', KEYS[1], 'state_partition', 'state_offset', 'final')
+if stored[3] == '1' and ARGV[3] ~= '1' then
+  return 0
+end
+if ARGV[1] ~= '' and stored[1] == ARGV[1] and stored[2] and tonumber(stored[2]) > tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+return 1
+"""
+"""HSET of ``KEYS[1]`` unless what it holds is newer. ARGV: the state partition ('' for none), the state offset,
+the final flag ('1' for a final window, else '0'), then the field/value pairs. The stored hash is newer when it is
+a final window and this write is not, or when it names the same state partition with a higher offset. One key per
+call (Redis Cluster puts keys in slots)."""
 
 
 def history_entry(record: AlertRecord, resolved_at_ms: int | None = None, resolved: bool = False) -> bytes:
@@ -153,6 +177,7 @@ class RedisMirror:
         """Firing records written to the history by :meth:`_write_history`, by alert id, until resolved."""
         """Active livestream alerts this mirror wrote, by ``rule|subject`` field: one missing later resolved."""
         self._reported: set[str] = set()
+        self._guarded_hset = self.client.register_script(GUARDED_HSET)
 
     async def check_loss(self) -> bool:
         """Every ``LOSS_CHECK_S``: whether Redis lost this mirror's writes (its marker key is gone: a restart without
@@ -231,6 +256,19 @@ class RedisMirror:
         self.live.redis_flushes += 1
         if rebuilding:
             log.warning("Redis rebuilt from this worker's state in %.2f s", time.monotonic() - started)
+
+    async def _hset_unless_newer(
+        self, batch: _Batch, key: str, fields: dict[Any, str | int], partition: int | None, offset: int, final: bool
+    ) -> None:
+        """Queue :data:`GUARDED_HSET` of ``fields`` into ``key``: ``partition``/``offset`` order two writes of one
+        livestream and are stored with them as ``state_partition``/``state_offset`` (None: not ordered by them); a
+        final window is never replaced by an open one."""
+        args: list[Any] = ["" if partition is None else partition, offset, 1 if final else 0]
+        for name, value in fields.items():
+            args += (name, value)
+        if partition is not None:
+            args += ("state_partition", partition, "state_offset", offset)
+        await self._guarded_hset(keys=[key], args=args, client=batch.on(key))
 
     async def _run(self, batch: _Batch) -> list[Any]:
         """Execute ``batch``: its replies in order, a refused command's reply being its exception. A command
@@ -353,7 +391,8 @@ class RedisMirror:
         written: dict[str, AlertRecord] = {}
         for channel_id, state in states.items():
             key = keys.channel(channel_id)
-            batch.on(key).hset(key, mapping=channel_hash(state, live.unique_viewers.get(channel_id, 0)))
+            fields = channel_hash(state, live.unique_viewers.get(channel_id, 0))
+            await self._hset_unless_newer(batch, key, fields, state.partition, state.last_offset, final=False)
             active = channel_alert_records(state)
             for rule in CHANNEL_RULES:
                 field = alert_field(rule, channel_id)
@@ -378,14 +417,16 @@ class RedisMirror:
                         resolved[field] = before
             for start_ms, counters in windows_written.get(channel_id, {}).items():
                 key = keys.window(channel_id, start_ms)
-                batch.on(key).hset(key, mapping=window_hash(counters, start_ms, self.window_size_ms, final=False))
+                fields = window_hash(counters, start_ms, self.window_size_ms, final=False)
+                await self._hset_unless_newer(batch, key, fields, state.partition, state.last_offset, final=False)
                 batch.on(key).expire(key, WINDOW_TTL_S)
             if len(batch) >= PIPELINE_CHUNK:
                 await self._run(batch)
                 batch = _Batch(self.client)
         for window in closed:
             key = keys.window(window.channel_id, window.start_ms, window.size_ms)
-            batch.on(key).hset(key, mapping=window_hash(window.counters, window.start_ms, window.size_ms, final=True))
+            fields = window_hash(window.counters, window.start_ms, window.size_ms, final=True)
+            await self._hset_unless_newer(batch, key, fields, None, -1, final=True)
             batch.on(key).expire(key, WINDOW_TTL_S)
             if len(batch) >= PIPELINE_CHUNK:
                 await self._run(batch)

@@ -6,8 +6,11 @@ Key layout (``P`` = ``<namespace>:``); ``<c>`` is a campaign and ``<id>`` a live
 
 - ``P campaigns`` set of campaigns; ``P campaign:<c>:channels`` / ``:creators`` sets; ``:gmv`` zset channel -> GMV;
   ``:viewers`` HyperLogLog of the campaign's viewers;
-- ``P channel:<id>`` hash of stream-to-date counters and gauges; ``P channel:<id>:viewers`` HyperLogLog;
-- ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed);
+- ``P channel:<id>`` hash of stream-to-date counters and gauges, with ``state_partition`` and ``state_offset``
+  (the events partition of the livestream's state and the offset of the last record it applied: a write of an
+  older state never replaces a newer one, see :mod:`agents.redis_mirror`); ``P channel:<id>:viewers`` HyperLogLog;
+- ``P channel:<id>:w1m:<start_ms>`` hash of one 1-minute window (``final`` 0 while open, 1 once closed; an open
+  window carries ``state_partition``/``state_offset`` too, and a final one is never written back to open);
   ``P channel:<id>:w5m:<start_ms>`` the final 5-minute hopping windows;
 - ``P campaign:<c>:w1m:<start_ms>`` hash of one final campaign window (``livestreams``, counters), indexed by
   start in the zset ``P campaign:<c>:windows``;

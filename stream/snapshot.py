@@ -43,6 +43,9 @@ class ChannelView(msgspec.Struct, gc=False):
     open_windows: int
     alerts: dict[str, ActiveAlert] | None
     source: int = -1
+    last_offset: int = -1
+    """Offset of the last record applied, in :attr:`partition` (orders two views of a livestream: see
+    :mod:`agents.redis_mirror`)."""
 
     @classmethod
     def of(cls, state: ChannelState) -> ChannelView:
@@ -63,6 +66,7 @@ class ChannelView(msgspec.Struct, gc=False):
             len(state.windows),
             state.alerts or None,
             state.source if state.source >= 0 else state.partition,
+            state.last_offset,
         )
 
 

@@ -422,3 +422,41 @@ def test_keys_lost_by_redis_are_written_again_by_the_owner(settings: Settings, m
     alerting = {cid for cid, state in states.items() if state.alerts}
     active = {split_alert_field(f.decode())[1] for f in client.hkeys(keys.active_alerts())}
     assert active == alerting | {"{x}"}, "every active alert, the campaign's milestone included"
+
+
+def test_an_older_state_never_overwrites_a_newer_one(settings: Settings) -> None:
+    """Two owners of a partition during a rebalance: the new one mirrors a livestream's state as of offset 120, then
+    the old one's flush, still in flight, lands with its state as of offset 100 (or a resync writes a table row
+    older than what Redis shows): the livestream's hash and its open window keep the newer values. A final window
+    is never turned back into an open one. A newer state from either is written."""
+    keys = RedisKeys(settings.redis_prefix)
+    client = redis.Redis.from_url(settings.redis_url)
+
+    def owner(offset: int, views: int, window_views: int) -> LiveSnapshot:
+        state = ChannelState(channel_id="live {1}", campaign="fair", partition=2, last_offset=offset)
+        state.totals.views = views
+        state.windows = {T0: Counters(views=window_views)}
+        live = LiveSnapshot()
+        live.update(state)
+        return live
+
+    def channel() -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in client.hgetall(keys.channel("live {1}")).items()}
+
+    def window() -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in client.hgetall(keys.window("live {1}", T0)).items()}
+
+    flush(settings, owner(120, 50, 20))
+    flush(settings, owner(100, 40, 10))
+    assert (channel()["views"], channel()["state_offset"], window()["views"]) == ("50", "120", "20")
+
+    closing = owner(130, 55, 25)
+    closing.pending_windows.clear()
+    closing.pending_closed.append(ClosedWindow("live {1}", "fair", T0, MINUTE, Counters(views=25)))
+    flush(settings, closing)
+    assert (window()["final"], window()["views"]) == ("1", "25")
+    flush(settings, owner(125, 52, 22))  # older, its window still open
+    assert (channel()["views"], window()["final"], window()["views"]) == ("55", "1", "25")
+
+    flush(settings, owner(140, 60, 30))  # newer: written (the window stays final)
+    assert (channel()["views"], channel()["state_offset"], window()["final"]) == ("60", "140", "1")
