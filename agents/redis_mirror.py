@@ -156,6 +156,13 @@ class _Batch:
         self.keys.append(key)
         return self.pipe
 
+    def script(self, key: str, script: Any, args: list[Any]) -> None:
+        """Queue ``script`` (registered with the client) on ``key``; the pipeline makes sure Redis knows it (SCRIPT
+        EXISTS, and LOAD if not: after a restart) before it runs the batch."""
+        pipe = self.on(key)
+        pipe.scripts.add(script)
+        pipe.evalsha(script.sha, 1, key, *args)
+
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -257,7 +264,7 @@ class RedisMirror:
         if rebuilding:
             log.warning("Redis rebuilt from this worker's state in %.2f s", time.monotonic() - started)
 
-    async def _hset_unless_newer(
+    def _hset_unless_newer(
         self, batch: _Batch, key: str, fields: dict[Any, str | int], partition: int | None, offset: int, final: bool
     ) -> None:
         """Queue :data:`GUARDED_HSET` of ``fields`` into ``key``: ``partition``/``offset`` order two writes of one
@@ -268,7 +275,7 @@ class RedisMirror:
             args += (name, value)
         if partition is not None:
             args += ("state_partition", partition, "state_offset", offset)
-        await self._guarded_hset(keys=[key], args=args, client=batch.on(key))
+        batch.script(key, self._guarded_hset, args)
 
     async def _run(self, batch: _Batch) -> list[Any]:
         """Execute ``batch``: its replies in order, a refused command's reply being its exception. A command
@@ -392,7 +399,7 @@ class RedisMirror:
         for channel_id, state in states.items():
             key = keys.channel(channel_id)
             fields = channel_hash(state, live.unique_viewers.get(channel_id, 0))
-            await self._hset_unless_newer(batch, key, fields, state.partition, state.last_offset, final=False)
+            self._hset_unless_newer(batch, key, fields, state.partition, state.last_offset, final=False)
             active = channel_alert_records(state)
             for rule in CHANNEL_RULES:
                 field = alert_field(rule, channel_id)
@@ -418,7 +425,7 @@ class RedisMirror:
             for start_ms, counters in windows_written.get(channel_id, {}).items():
                 key = keys.window(channel_id, start_ms)
                 fields = window_hash(counters, start_ms, self.window_size_ms, final=False)
-                await self._hset_unless_newer(batch, key, fields, state.partition, state.last_offset, final=False)
+                self._hset_unless_newer(batch, key, fields, state.partition, state.last_offset, final=False)
                 batch.on(key).expire(key, WINDOW_TTL_S)
             if len(batch) >= PIPELINE_CHUNK:
                 await self._run(batch)
@@ -426,7 +433,7 @@ class RedisMirror:
         for window in closed:
             key = keys.window(window.channel_id, window.start_ms, window.size_ms)
             fields = window_hash(window.counters, window.start_ms, window.size_ms, final=True)
-            await self._hset_unless_newer(batch, key, fields, None, -1, final=True)
+            self._hset_unless_newer(batch, key, fields, None, -1, final=True)
             batch.on(key).expire(key, WINDOW_TTL_S)
             if len(batch) >= PIPELINE_CHUNK:
                 await self._run(batch)

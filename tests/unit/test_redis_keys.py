@@ -207,6 +207,11 @@ class FakePipeline:
     def __init__(self, reply: Callable[[str, str], object]) -> None:
         self.reply = reply
         self.command_stack: list[tuple[tuple[str, ...], dict[str, object]]] = []
+        self.scripts: set[object] = set()
+
+    def evalsha(self, sha: str, numkeys: int, key: str, *args: object) -> FakePipeline:
+        self.command_stack.append((("EVALSHA", key), {}))
+        return self
 
     def __getattr__(self, name: str) -> Callable[..., FakePipeline]:
         def queue(key: str, *args: object, **kwargs: object) -> FakePipeline:
@@ -251,9 +256,10 @@ def test_a_command_refused_for_its_key_is_dropped_and_the_rest_goes_on() -> None
 
     mirror.client = FakeRedis(reply)  # type: ignore[assignment]
     asyncio.run(mirror.flush())
-    assert (live.redis_flushes, live.redis_errors) == (1, 7)  # bad: PFADD, PFCOUNT, HSET, 2 x (HSET, EXPIRE)
+    # bad: PFADD, PFCOUNT, its hash (EVALSHA), 2 x (window EVALSHA, EXPIRE)
+    assert (live.redis_flushes, live.redis_errors) == (1, 7)
     assert not live.dirty and not live.pending_viewers and not live.pending_closed and not live.pending_windows
-    assert ("HSET", "ns:channel:ok") in written
+    assert ("EVALSHA", "ns:channel:ok") in written
     assert ("PFMERGE", "ns:campaign:c:viewers") in written
     assert live.unique_viewers == {"ok": 2}
     assert live.campaign_unique_viewers == {"c": 2}
@@ -266,7 +272,7 @@ def test_a_command_refused_for_its_key_is_dropped_and_the_rest_goes_on() -> None
 def test_redis_refusing_every_write_keeps_the_work_for_the_next_tick(error: Exception) -> None:
     live = pending_snapshot()
     mirror = RedisMirror(Settings(namespace="ns"), live)
-    mirror.client = FakeRedis(lambda command, key: error if command == "HSET" else 1)  # type: ignore[assignment]
+    mirror.client = FakeRedis(lambda command, key: error if command in ("HSET", "EVALSHA") else 1)  # type: ignore[assignment]
     asyncio.run(mirror.flush())
     assert (live.redis_flushes, live.redis_errors) == (0, 1)
     assert live.dirty == {"ok", "bad"}
