@@ -209,6 +209,12 @@ class SnapshotCollector(Collector):
             "Times Redis had lost this worker's keys (a restart without data, FLUSHALL, eviction)",
             value=live.redis_rebuilds,
         )
+        yield GaugeMetricFamily(
+            "livestream_redis_evicting",
+            "1 if Redis may evict keys (maxmemory-policy other than noeviction): served values can be lost and are "
+            "rewritten when evictions are seen",
+            value=int(live.redis_evicting),
+        )
         firing = GaugeMetricFamily(
             "livestream_alerts_firing", "Active alerts of the livestreams and campaigns owned here", labels=["rule"]
         )

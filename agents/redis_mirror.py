@@ -180,6 +180,8 @@ class RedisMirror:
         self.marker = self.keys.mirror_marker(uuid.uuid4().hex)
         """This mirror's key in Redis (see :meth:`check_loss`)."""
         self._marked = False
+        self._evicted_keys: int | None = None
+        """Redis's ``evicted_keys`` at the last loss check (None before the first)."""
         self._checked_at = -LOSS_CHECK_S
         """Firing records written to the history by :meth:`_write_history`, by alert id, until resolved."""
         """Active livestream alerts this mirror wrote, by ``rule|subject`` field: one missing later resolved."""
@@ -187,11 +189,13 @@ class RedisMirror:
         self._guarded_hset = self.client.register_script(GUARDED_HSET)
 
     async def check_loss(self) -> bool:
-        """Every ``LOSS_CHECK_S``: whether Redis lost this mirror's writes (its marker key is gone: a restart without
-        its files, ``FLUSHALL``, eviction). Then every livestream this worker owns, its active alerts and its
-        campaign alerts are written again by the next flush, and it is logged and counted
-        (``livestream_redis_rebuilds_total``). Closed windows, campaign minutes and unique-viewer estimates written
-        before the loss are not rebuilt from memory."""
+        """Every ``LOSS_CHECK_S``: whether Redis lost this mirror's writes: its marker key is gone (a restart without
+        its files, ``FLUSHALL``, eviction of the marker), or Redis evicted keys since the last check (``INFO stats``
+        ``evicted_keys`` grew: any key of ours may be gone). Then every livestream this worker owns, its active
+        alerts and its campaign alerts are written again by the next flush, and it is logged and counted
+        (``livestream_redis_rebuilds_total``). Also notes whether Redis may evict at all (``maxmemory-policy``;
+        ``livestream_redis_evicting``, a warning when it starts to). Closed windows, campaign minutes and
+        unique-viewer estimates written before the loss are not rebuilt from memory."""
         now = time.monotonic()
         if now - self._checked_at < LOSS_CHECK_S:
             return False
@@ -199,8 +203,20 @@ class RedisMirror:
         pipe = self.client.pipeline(transaction=False)
         pipe.set(self.marker, b"1", ex=MARKER_TTL_S, nx=True)
         pipe.expire(self.marker, MARKER_TTL_S)
-        created, _ = await pipe.execute()
-        lost = bool(created) and self._marked
+        pipe.info("stats")
+        pipe.info("memory")
+        created, _, stats, memory = await pipe.execute()
+        evicted = int(stats.get("evicted_keys", 0))
+        evicting = str(memory.get("maxmemory_policy", "noeviction")) != "noeviction"
+        if evicting and not self.live.redis_evicting:
+            log.warning(
+                "Redis may evict keys (maxmemory-policy %s): served values can disappear; set noeviction. Evictions "
+                "are watched and answered by writing this worker's livestreams again",
+                memory.get("maxmemory_policy"),
+            )
+        self.live.redis_evicting = evicting
+        seen_evicted, self._evicted_keys = self._evicted_keys, evicted
+        lost = self._marked and (bool(created) or (seen_evicted is not None and evicted > seen_evicted))
         self._marked = True
         if lost:
             live = self.live
@@ -210,8 +226,8 @@ class RedisMirror:
             self._campaigns_with_alerts = {}
             live.redis_rebuilds += 1
             log.warning(
-                "Redis lost this worker's keys (restarted without its data, flushed or evicting): writing %d "
-                "livestreams and their alerts again",
+                "Redis lost this worker's keys (%s): writing %d livestreams and their alerts again",
+                "its marker is gone: restarted without its data or flushed" if created else "it evicted keys",
                 len(live.channels),
             )
         return lost

@@ -142,6 +142,8 @@ class LiveSnapshot:
     events_processed: int = 0
     redis_rebuilds: int = 0
     """Times the Redis mirror found Redis had lost its keys and wrote everything again."""
+    redis_evicting: bool = False
+    """Redis may evict keys (its ``maxmemory-policy`` is not ``noeviction``, as last seen by the mirror)."""
     counted: Counters = field(default_factory=Counters)
     """What this process added to stream-to-date counters (:attr:`stream.fold.BatchCounters.applied`): it only
     grows, whatever partitions come and go (``/metrics`` serves it as the ``_total`` counters)."""

@@ -461,3 +461,81 @@ def test_an_older_state_never_overwrites_a_newer_one(settings: Settings) -> None
     client.script_flush()  # as after a Redis restart: the mirror loads its script again
     flush(settings, owner(140, 60, 30))  # newer: written (the window stays final)
     assert (channel()["views"], channel()["state_offset"], window()["final"]) == ("60", "140", "1")
+
+
+@pytest.fixture
+def evicting_redis(services: None, tmp_path: Any) -> Iterator[str]:
+    """A Redis of its own (the Debian server the project installs) that evicts any key past 8 MB."""
+    import shutil
+    import subprocess
+
+    from tests.support import free_port, wait_until
+
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--maxmemory",
+            "8mb",
+            "--maxmemory-policy",
+            "allkeys-random",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis.from_url(url).ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(answers, 20, "the evicting Redis to answer")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_keys_evicted_by_redis_are_written_again_by_the_owner(evicting_redis: str, monkeypatch: Any) -> None:
+    """A Redis whose maxmemory-policy evicts: the mirror says so (``livestream_redis_evicting``), and once Redis
+    evicts keys (other data filled its memory), the next loss check writes every owned livestream again, even when
+    its marker key was not among the evicted ones."""
+    import agents.redis_mirror as mirror_module
+
+    monkeypatch.setattr(mirror_module, "LOSS_CHECK_S", 0.0)
+    settings = Settings(namespace=f"t{uuid.uuid4().hex[:10]}", redis_url=evicting_redis)
+    live, states, _ = snapshot()
+    client = redis.Redis.from_url(evicting_redis)
+
+    async def run() -> None:
+        mirror = RedisMirror(settings, live)
+        try:
+            await mirror.flush()
+            assert live.redis_evicting and live.redis_rebuilds == 0
+            for n in range(200):  # 200 x 100 kB into an 8 MB Redis: keys get evicted
+                client.set(f"other:{n}", b"x" * 100_000)
+            assert int(client.info("stats")["evicted_keys"]) > 0
+            client.delete(*client.scan_iter("other:*", count=1000))
+            client.set(mirror.marker, b"1")  # evicted or not: here only the eviction count can tell
+            await mirror.flush()
+        finally:
+            await mirror.close()
+
+    asyncio.run(run())
+    assert live.redis_rebuilds == 1
+    for channel_id, campaign in CHANNELS.items():
+        fields = readback.read_channels(client, settings.redis_prefix, campaign)[channel_id]
+        if "error" not in fields:
+            assert fields["views"] == states[channel_id].totals.views, channel_id
