@@ -8,7 +8,7 @@ import logging
 
 import faust
 
-from agents import api, board, campaign, fold, freeze, metrics, redis_mirror
+from agents import api, board, campaign, fold, freeze, metrics, recovery_markers, redis_mirror
 from agents.app import create_app
 from agents.startup import changelog_topics, prepare_kafka, settings_for_topic
 from stream.settings import Settings
@@ -24,6 +24,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     metrics.register(app, settings, live)
     api.register(app, settings, live)
     board.register(app, settings, live)
+    recovery_markers.register(app)
     return app, live
 
 
