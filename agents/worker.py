@@ -24,7 +24,7 @@ def build_worker(settings: Settings) -> tuple[faust.App, LiveSnapshot]:
     metrics.register(app, settings, live)
     api.register(app, settings, live)
     board.register(app, settings, live)
-    recovery_markers.register(app)
+    recovery_markers.register(app, settings)
     return app, live
 
 
