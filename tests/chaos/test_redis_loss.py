@@ -22,8 +22,8 @@ def test_redis_losing_every_key_mid_fair_is_written_again_exact(pipeline: Pipeli
     replay.at(0.5)
     client = pipeline.redis()
     wait_until(lambda: bool(pipeline.redis_campaign(CAMPAIGN)["views"]), 30, "the first half of the fair in Redis")
-    pipeline.cleanup_redis()  # every key of the namespace, the mirror's marker among them
-    assert pipeline.redis_campaign(CAMPAIGN)["views"] == 0
+    pipeline.cleanup_redis()  # every key of the namespace, the mirror's marker among them (the next flush may
+    # write some back at once: what matters is that everything comes back, checked below)
     result = replay.join()
 
     pipeline.wait_redis_summary(CAMPAIGN, result.oracle.summary(), timeout=120)
